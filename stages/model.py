@@ -1,0 +1,29 @@
+"""Stage `model`: materialise the base model as an HF directory ``data/models/base/``.
+
+    python -m stages.model
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dashrl.io import atomic_dir, run_record, write_json
+from dashrl.models import materialise_model
+from dashrl.params import Params, load_params, section_dict
+from stages import paths
+from stages.common import setup_logging
+
+log = logging.getLogger("stages.model")
+
+
+def main(params: Params) -> None:
+    out = paths.model_dir("base")
+    with atomic_dir(out) as tmp:
+        record = materialise_model(params.model.source, tmp, dtype=params.model.dtype)
+        write_json(tmp / "dashrl_run.json", run_record({"model": section_dict(params.model)}, model=record))
+    log.info("wrote %s: %s, %d parameters, sha256 %s", out, record["name"], record["n_parameters"], record["content_sha256"][:12])
+
+
+if __name__ == "__main__":
+    setup_logging()
+    main(load_params(paths.PARAMS))

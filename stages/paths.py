@@ -1,0 +1,31 @@
+"""Where each stage reads and writes: the file layout policy, relative to the repository root.
+
+Everything generated lives under ``data/`` and is a DVC output; ``dvc.yaml`` names the same paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+DATA = Path("data")
+
+
+def prepared(dataset: str, split: str) -> Path:
+    return DATA / "prepared" / dataset / f"{split}.parquet"
+
+
+def prepared_dir(dataset: str) -> Path:
+    return DATA / "prepared" / dataset
+
+
+def model_dir(name: str) -> Path:
+    return DATA / "models" / name
+
+
+def eval_dir(model: str, benchmark: str) -> Path:
+    return DATA / "eval" / model / benchmark
+
+
+def report_dir() -> Path:
+    return DATA / "report"

@@ -1,0 +1,49 @@
+"""Stage `prepare@<dataset>`: write ``data/prepared/<dataset>/{train,test}.parquet``.
+
+    python -m stages.prepare arith
+
+``arith`` is generated from its seed; the public benchmarks are read from the Hub or from the local
+file named in params (``prepare.<dataset>.path``) and validated before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from dashrl.data import generate_arith, load_problems, write_problems
+from dashrl.io import atomic_dir, run_record, write_json
+from dashrl.params import Params, load_params, section_dict
+from stages import paths
+from stages.common import setup_logging
+
+log = logging.getLogger("stages.prepare")
+
+# The splits each public dataset contributes to the pipeline: benchmarks are test-only, and the
+# MATH training problems (PRM800K split) are train-only.
+PUBLIC_SPLITS = {"gsm8k": ("test",), "math500": ("test",), "math_train": ("train",)}
+
+
+def main(params: Params, dataset: str) -> None:
+    if dataset not in params.prepare.datasets:
+        raise ValueError(f"params.yaml: prepare.datasets: {dataset!r} is not listed ({params.prepare.datasets})")
+    section = getattr(params.prepare, dataset)
+    if dataset == "arith":
+        train, test = generate_arith(section.n_train, section.n_test, section.levels, section.seed)
+        splits = {"train": train, "test": test}
+    else:
+        # Everything is loaded and validated before the first write.
+        splits = {split: load_problems(dataset, split, section.path) for split in PUBLIC_SPLITS[dataset]}
+    with atomic_dir(paths.prepared_dir(dataset)) as tmp:
+        for split, problems in splits.items():
+            write_problems(problems, tmp / f"{split}.parquet")
+        counts = {split: len(df) for split, df in splits.items()}
+        write_json(tmp / "run.json", run_record({f"prepare.{dataset}": section_dict(section)}, counts=counts))
+    log.info("wrote %s: %s", paths.prepared_dir(dataset), counts)
+
+
+if __name__ == "__main__":
+    setup_logging()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset")
+    main(load_params(paths.PARAMS), parser.parse_args().dataset)

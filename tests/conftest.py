@@ -1,0 +1,98 @@
+"""Shared fixtures: a tiny byte-level tokenizer with a chat template and a tiny Llama model, built
+from a config in the test session (no downloads), plus a tiny pipeline workspace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The SmolLM2 template, so that chat rendering is exercised exactly as with the embedded model.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level BPE with no merges: every byte is a token, plus the chat special tokens."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    for token in SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(SPECIAL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=1024,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A saved tiny HF model directory (safetensors + tokenizer), like data/models/<name>/."""
+    path = tmp_path_factory.mktemp("tiny_model")
+    model = build_tiny_model(len(tiny_tokenizer))
+    model.generation_config.eos_token_id = tiny_tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tiny_tokenizer.pad_token_id
+    model.save_pretrained(path, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_params_dict() -> dict:
+    """params.yaml with every section shrunk to seconds of work on a tiny model."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["prepare"]["arith"].update(n_train=40, n_test=12, levels=[1, 4])
+    raw["evaluate"]["generation"].update(max_new_tokens=12, batch_size=8, samples_per_problem=2, dtype="float32")
+    raw["report"]["plot_dpi"] = 40
+    return raw
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, tiny_model_dir) -> Path:
+    """A temp repository root with a tiny params.yaml and the tiny model as data/models/base."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    shutil.copytree(tiny_model_dir, tmp_path / "data" / "models" / "base")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,103 @@
+"""params.yaml, the params dataclasses and dvc.yaml agree; bad params fail with the key named."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dashrl.params import Params, ParamsError, from_mapping, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def raw_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            keys |= leaf_keys(value, dotted + ".")
+        else:
+            keys.add(dotted)
+    return keys
+
+
+def dvc_stage_params() -> dict[str, list[str]]:
+    """Each resolved DVC stage (foreach/matrix expanded by DVC itself) -> its params keys."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        result = {}
+        for stage in repo.index.stages:
+            keys = []
+            for dep in stage.deps:
+                if hasattr(dep, "params") and dep.def_path == "params.yaml":
+                    keys += list(dep.params)
+            result[stage.addressing] = keys
+        return result
+
+
+def test_params_yaml_loads():
+    params = load_params(REPO / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.evaluate.benchmarks == ["arith"]
+
+
+def test_every_dvc_params_key_exists_and_every_param_is_used():
+    raw = raw_params()
+    leaves = leaf_keys(raw)
+    stages = dvc_stage_params()
+    assert {"prepare@arith", "model", "evaluate@base-arith", "report"} <= set(stages)
+    used: set[str] = set()
+    for stage, keys in stages.items():
+        for key in keys:
+            covered = {leaf for leaf in leaves if leaf == key or leaf.startswith(key + ".")}
+            assert covered, f"dvc.yaml stage {stage}: params key {key!r} is not in params.yaml"
+            used |= covered
+    # Keys that select stages (DVC templating) rather than configure one.
+    structural = {"prepare.datasets", "evaluate.models", "evaluate.benchmarks"}
+    # Datasets not in prepare.datasets have no stage yet, so nothing depends on their section.
+    unprepared = {leaf for leaf in leaves for name in ("gsm8k", "math500", "math_train") if leaf.startswith(f"prepare.{name}.")}
+    unused = leaves - used - structural - unprepared
+    assert not unused, f"params.yaml keys no stage depends on: {sorted(unused)}"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r["evaluate"]["generation"].update(temperatur=0.6), r"evaluate\.generation\.temperatur: unknown key"),
+        (lambda r: r["grader"].pop("timeout_s"), r"grader\.timeout_s: missing key"),
+        (lambda r: r["evaluate"]["generation"].update(max_new_tokens="many"), r"evaluate\.generation\.max_new_tokens: expected int, got 'many'"),
+        (lambda r: r["prompt"].update(format="jinja"), r"prompt\.format: 'jinja' is not one of 'chat', 'raw'"),
+        (lambda r: r["evaluate"].update(benchmarks=["gsm8k"]), r"evaluate\.benchmarks: 'gsm8k': is not prepared"),
+        (lambda r: r["prepare"].update(datasets=["arith", "mmlu"]), r"prepare\.datasets: 'mmlu': unknown dataset"),
+        (lambda r: r["evaluate"]["generation"].update(temperature=0.0, samples_per_problem=4), r"greedy decoding"),
+        (lambda r: r["evaluate"]["generation"].update(top_p=1.5), r"top_p: 1\.5: must be in \(0, 1\]"),
+        (lambda r: r.update(extra_section={}), r"params\.yaml: extra_section: unknown key"),
+    ],
+)
+def test_bad_params_name_the_key_and_value(edit, message):
+    raw = copy.deepcopy(raw_params())
+    edit(raw)
+    with pytest.raises(ParamsError, match=message):
+        from_mapping(Params, raw, where="params.yaml")
+
+
+def test_missing_params_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ParamsError, match="params.yaml: file not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_ints_are_accepted_for_floats_but_bools_are_not_ints():
+    raw = copy.deepcopy(raw_params())
+    raw["grader"]["timeout_s"] = 3
+    assert from_mapping(Params, raw, where="p").grader.timeout_s == 3.0
+    raw["evaluate"]["generation"]["batch_size"] = True
+    with pytest.raises(ParamsError, match="batch_size: expected int, got True"):
+        from_mapping(Params, raw, where="p")

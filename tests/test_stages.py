@@ -1,0 +1,123 @@
+"""Stages end to end on tiny params in a temporary repository root (no DVC: the stage functions)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from dashrl.data import ProblemDataError, read_problems
+from dashrl.params import load_params
+from stages import evaluate as evaluate_stage
+from stages import model as model_stage
+from stages import prepare as prepare_stage
+from stages import report as report_stage
+
+
+def edit_params(path, edit):
+    raw = yaml.safe_load(path.read_text())
+    edit(raw)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_params(path)
+
+
+def test_prepare_evaluate_report_end_to_end(workspace):
+    params = load_params("params.yaml")
+    prepare_stage.main(params, "arith")
+    train, test = read_problems("data/prepared/arith/train.parquet"), read_problems("data/prepared/arith/test.parquet")
+    assert (len(train), len(test)) == (40, 12)
+    assert set(test["level"]) == {1, 4}
+    run = json.loads((workspace / "data/prepared/arith/run.json").read_text())
+    assert run["params"]["prepare.arith"]["seed"] == 0 and run["counts"] == {"train": 40, "test": 12}
+
+    evaluate_stage.main(params, "base", "arith")
+    out = workspace / "data/eval/base/arith"
+    rows = pd.read_parquet(out / "problems.parquet")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(rows) == 12 * 2 and set(rows["sample"]) == {0, 1}
+    assert rows["tokens"].between(1, 12).all()
+    assert metrics["n_problems"] == 12 and metrics["samples_per_problem"] == 2
+    assert metrics["accuracy"] == pytest.approx(rows.loc[rows["sample"] == 0, "reward"].mean())
+    assert {"pass@1", "pass@2", "mean@2", "boxed_rate", "truncation_rate", "generation_tokens_per_s"} <= set(metrics)
+    assert sum(metrics["grader_status_counts"].values()) == 24
+    assert json.loads((out / "run.json").read_text())["params"]["generation"]["max_new_tokens"] == 12
+
+    report_stage.main(params)
+    report = workspace / "data/report"
+    table = pd.read_csv(report / "results.csv")
+    assert table[["model", "benchmark"]].values.tolist() == [["base", "arith"]]
+    assert table["accuracy"].iloc[0] == pytest.approx(metrics["accuracy"])
+    md = (report / "results.md").read_text()
+    assert "| base | arith | 12 |" in md and "require_box=False" in md
+    for png in ("accuracy.png", "accuracy_by_level.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_is_reproducible_with_its_seed(workspace):
+    params = load_params("params.yaml")
+    prepare_stage.main(params, "arith")
+    evaluate_stage.main(params, "base", "arith")
+    first = pd.read_parquet("data/eval/base/arith/problems.parquet")
+    evaluate_stage.main(params, "base", "arith")
+    pd.testing.assert_frame_equal(first, pd.read_parquet("data/eval/base/arith/problems.parquet"))
+
+
+def test_evaluate_without_a_model_fails_before_writing(workspace):
+    params = load_params("params.yaml")
+    prepare_stage.main(params, "arith")
+    params = edit_params(workspace / "params.yaml", lambda r: r["evaluate"].update(models=["base", "missing"]))
+    with pytest.raises(FileNotFoundError, match="data/models/missing: no model there"):
+        evaluate_stage.main(params, "missing", "arith")
+    assert not (workspace / "data/eval/missing").exists()
+
+
+def test_report_names_a_missing_evaluation(workspace):
+    with pytest.raises(FileNotFoundError, match=r"data/eval/base/arith/metrics.json: missing; run `dvc repro evaluate@base-arith`"):
+        report_stage.main(load_params("params.yaml"))
+
+
+def test_prepare_gsm8k_from_a_local_file(workspace):
+    source = workspace / "gsm8k_test.jsonl"
+    source.write_text(
+        json.dumps({"question": "Ann has 1,000 coins and finds 234. How many?", "answer": "1000 + 234 = 1234\n#### 1,234"})
+        + "\n" + json.dumps({"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"}) + "\n"
+    )
+
+    def use_gsm8k(raw):
+        raw["prepare"]["datasets"] = ["arith", "gsm8k"]
+        raw["prepare"]["gsm8k"]["path"] = str(source)
+
+    params = edit_params(workspace / "params.yaml", use_gsm8k)
+    prepare_stage.main(params, "gsm8k")
+    test = read_problems("data/prepared/gsm8k/test.parquet")
+    assert test["answer"].tolist() == ["1234", "4"]
+    assert not (workspace / "data/prepared/gsm8k/train.parquet").exists()
+
+
+def test_prepare_with_bad_input_writes_nothing_and_keeps_old_output(workspace):
+    source = workspace / "gsm8k_test.jsonl"
+    source.write_text(json.dumps({"question": "Q", "answer": "4"}) + "\n")
+
+    def use_gsm8k(raw):
+        raw["prepare"]["datasets"] = ["arith", "gsm8k"]
+        raw["prepare"]["gsm8k"]["path"] = str(source)
+
+    params = edit_params(workspace / "params.yaml", use_gsm8k)
+    old = workspace / "data/prepared/gsm8k"
+    old.mkdir(parents=True)
+    (old / "test.parquet").write_bytes(b"previous output")
+    with pytest.raises(ProblemDataError, match=r"gsm8k_test.jsonl row 0.*field 'answer'"):
+        prepare_stage.main(params, "gsm8k")
+    assert (old / "test.parquet").read_bytes() == b"previous output"
+    assert sorted(p.name for p in (workspace / "data/prepared").iterdir()) == ["gsm8k"]
+
+
+def test_model_stage_from_a_local_directory(workspace, tiny_model_dir):
+    params = edit_params(workspace / "params.yaml", lambda r: r["model"].update(source=str(tiny_model_dir)))
+    model_stage.main(params)
+    run = json.loads((workspace / "data/models/base/dashrl_run.json").read_text())
+    assert run["model"]["source"] == str(tiny_model_dir) and len(run["model"]["content_sha256"]) == 64
+    assert run["params"]["model"]["dtype"] == "float32" and "torch" in run["packages"]
+    assert not [p for p in (workspace / "data/models").iterdir() if p.name.startswith(".")]  # no temp dirs left
