@@ -101,11 +101,70 @@ class ReportParams:
 
 
 @dataclass(frozen=True)
+class RLRunParams:
+    """One RL run: ``rl.common`` with the run's own keys from ``rl.runs.<name>`` on top."""
+
+    init_from: str  # model directory under data/models/ the policy starts from (base | sft_h | ...)
+    dataset: str  # prepared dataset whose train split gives the prompts
+    train_levels: list[int] | None  # keep only problems of these levels (None: all)
+    # Batch geometry: one step samples prompts_per_step x group_size completions.
+    prompts_per_step: int
+    group_size: int  # G: completions per prompt
+    micro_batch_size: int  # sequences per forward/backward pass
+    steps: int | None  # rollout steps; exactly one of steps / epochs
+    epochs: float | None  # passes over the (level-filtered) training prompts
+    # DASH: preemptive = the whole step's rollouts in one engine call; per_micro_batch = generate
+    # inside each accumulation micro-step (the paper's "standard GRPO").
+    sampling: Literal["preemptive", "per_micro_batch"]
+    filter_threshold: float  # tau: drop samples with |A| <= tau before the forward pass (0 = off)
+    filter_norm: Literal["original", "kept"]  # loss normaliser counts: all sampled, or kept only
+    scale_rewards: bool  # divide group advantages by (unbiased std + 1e-4)
+    loss_agg: str  # registered aggregation: grpo | bnpo | dr_grpo
+    kl_coef: float  # beta; 0 = no KL term and no reference model loaded
+    kl_reference: Literal["init"] | None  # the frozen model the KL is measured to
+    ppo_epochs: int  # mu: passes over each sampled batch (PPO-Multi)
+    optimizer_steps_per_rollout: int  # optimizer steps per sampled batch (PPO-Mini)
+    clip_low: float  # PPO ratio clip: [1 - clip_low, 1 + clip_high]
+    clip_high: float
+    lr: float
+    lr_schedule: Literal["constant", "linear", "cosine"]
+    warmup_steps: int  # optimizer steps of linear warm-up
+    weight_decay: float
+    grad_clip: float  # max global grad norm (0 = off)
+    # Sampling distribution (the loss uses the same one).
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int  # 0: off
+    engine: Literal["auto", "hf", "vllm"]
+    rollout_dtype: Literal["float32", "bfloat16"]  # the engine's copy of the policy
+    rollout_batch_rows: int  # sequences decoded together
+    train_dtype: Literal["float32", "bfloat16"]  # bfloat16: autocast with fp32 master weights
+    seed: int
+    checkpoint_every: int  # rollout steps between checkpoints (0: only at the end)
+    keep_checkpoints: int  # newest checkpoints kept on disk
+
+
+@dataclass(frozen=True)
+class RLParams:
+    """``rl.common`` plus ``rl.runs``: run name -> the keys in which it differs (init_from required)."""
+
+    common: dict[str, Any]
+    runs: dict[str, dict[str, Any]]
+
+    def run(self, name: str) -> RLRunParams:
+        if name not in self.runs:
+            raise ParamsError(f"rl.runs: {name!r}: no such run (runs: {', '.join(self.runs)})")
+        return _rl_run(self, name)
+
+
+@dataclass(frozen=True)
 class Params:
     prompt: PromptParams
     grader: GraderParams
     prepare: PrepareParams
     model: ModelParams
+    rl: RLParams
     evaluate: EvaluateParams
     report: ReportParams
 
@@ -168,6 +227,11 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
             choices = ", ".join(repr(c) for c in typing.get_args(tp))
             raise ParamsError(f"{where}: {key}: {value!r} is not one of {choices}")
         return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ParamsError(f"{where}: {key}: expected a mapping, got {value!r}")
+        _, value_type = typing.get_args(tp)
+        return {k: (v if value_type is Any else _coerce(value_type, v, where, f"{key}.{k}")) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ParamsError(f"{where}: {key}: expected a list, got {value!r}")
@@ -217,6 +281,92 @@ def _check_cross_section(p: Params) -> None:
         require(name in p.prepare.datasets, "evaluate.benchmarks", name, "is not prepared: add it to prepare.datasets")
     require(len(set(p.evaluate.models)) == len(p.evaluate.models), "evaluate.models", p.evaluate.models, "has duplicates")
     require(p.report.plot_dpi > 0, "report.plot_dpi", p.report.plot_dpi, "must be > 0")
+    for name in p.rl.runs:
+        run = p.rl.run(name)
+        require(run.dataset in p.prepare.datasets, f"rl.runs.{name}.dataset", run.dataset, "is not prepared: add it to prepare.datasets")
+
+
+def _rl_run(rl: RLParams, name: str) -> RLRunParams:
+    """Merge and validate one run; every check here runs at load time, before any work."""
+    overrides = rl.runs[name] or {}
+    if not isinstance(overrides, Mapping):
+        raise ParamsError(f"params.yaml: rl.runs.{name}: expected a mapping, got {overrides!r}")
+    known = {f.name for f in dataclasses.fields(RLRunParams)}
+    for source, keys in (("rl.common", rl.common), (f"rl.runs.{name}", overrides)):
+        unknown = sorted(set(keys) - known)
+        if unknown:
+            raise ParamsError(f"params.yaml: {source}.{unknown[0]}: unknown key (valid: {', '.join(sorted(known))})")
+    if "dataset" in overrides and overrides["dataset"] != rl.common.get("dataset"):
+        raise ParamsError(f"params.yaml: rl.runs.{name}.dataset: all runs train on rl.common.dataset (dvc.yaml depends on it)")
+    if "init_from" not in overrides:
+        raise ParamsError(f"params.yaml: rl.runs.{name}.init_from: missing key (each run names its initial model)")
+    run = from_mapping(RLRunParams, {**rl.common, **overrides}, where="params.yaml", key=f"rl.runs.{name}")
+    check_rl_run(run, f"rl.runs.{name}")
+    return run
+
+
+def min_nonzero_abs_advantage(group_size: int, scale_rewards: bool, eps: float = 1e-4) -> float:
+    """Smallest non-zero |A| a binary-reward group of ``group_size`` can produce.
+
+    With k of G correct, A = (1 - k/G) or -k/G, divided by (unbiased std + eps) when scaling.
+    Without scaling it is 1/G; with scaling about 1/sqrt(G) (DASH.md §3).
+    """
+    smallest = float("inf")
+    for k in range(1, group_size):
+        mean = k / group_size
+        std = (k * (group_size - k) / (group_size * (group_size - 1))) ** 0.5
+        scale = (std + eps) if scale_rewards else 1.0
+        smallest = min(smallest, min(mean, 1 - mean) / scale)
+    return smallest
+
+
+def check_rl_run(run: RLRunParams, key: str) -> None:
+    """Value checks of one RL run; each error names the key and the value."""
+    from dashrl.losses import LOSS_AGGREGATIONS  # registry; imported here to keep params import-light
+
+    def require(ok: bool, field: str, value: Any, why: str) -> None:
+        if not ok:
+            raise ParamsError(f"params.yaml: {key}.{field}: {value!r}: {why}")
+
+    g, m, p = run.group_size, run.micro_batch_size, run.prompts_per_step
+    require(g >= 2, "group_size", g, "must be >= 2: a group of one has no baseline, every advantage is 0")
+    require(p >= 1, "prompts_per_step", p, "must be >= 1")
+    require(m >= 1, "micro_batch_size", m, "must be >= 1")
+    require(p * g % m == 0, "micro_batch_size", m,
+            f"prompts_per_step x group_size = {p * g} is not a multiple of micro_batch_size")
+    require(run.sampling != "per_micro_batch" or m % g == 0, "micro_batch_size", m,
+            f"sampling: per_micro_batch generates whole groups inside each micro-step: needs a multiple of group_size {g}")
+    require((run.steps is None) != (run.epochs is None), "steps", (run.steps, run.epochs), "set exactly one of steps and epochs")
+    require(run.steps is None or run.steps >= 1, "steps", run.steps, "must be >= 1")
+    require(run.epochs is None or run.epochs > 0, "epochs", run.epochs, "must be > 0")
+    require(run.filter_threshold >= 0, "filter_threshold", run.filter_threshold, "must be >= 0 (0 = off)")
+    smallest = min_nonzero_abs_advantage(g, run.scale_rewards)
+    # float32 advantages can sit ~1e-7 below the float64 bound: keep a relative margin.
+    require(run.filter_threshold < smallest * (1 - 1e-5), "filter_threshold", run.filter_threshold,
+            f"would drop samples with non-zero advantage: with group_size {g} and scale_rewards "
+            f"{run.scale_rewards} the smallest non-zero |A| is {smallest:.4f}")
+    require(run.loss_agg in LOSS_AGGREGATIONS, "loss_agg", run.loss_agg, f"unknown (valid: {', '.join(sorted(LOSS_AGGREGATIONS))})")
+    require(run.kl_coef >= 0, "kl_coef", run.kl_coef, "must be >= 0")
+    require(run.kl_coef == 0 or run.kl_reference is not None, "kl_reference", run.kl_reference,
+            f"kl_coef {run.kl_coef} > 0 needs a reference model (kl_reference: init)")
+    require(run.ppo_epochs >= 1, "ppo_epochs", run.ppo_epochs, "must be >= 1")
+    k = run.optimizer_steps_per_rollout
+    require(k >= 1 and p % k == 0, "optimizer_steps_per_rollout", k, f"must be >= 1 and divide prompts_per_step {p}")
+    require(k == 1 or (p // k) * g % m == 0, "optimizer_steps_per_rollout", k,
+            f"each optimizer step's {(p // k) * g} sequences must be a multiple of micro_batch_size {m}")
+    require(run.sampling == "preemptive" or (run.ppo_epochs == 1 and k == 1), "sampling", run.sampling,
+            "PPO reuse (ppo_epochs or optimizer_steps_per_rollout > 1) needs preemptive sampling")
+    require(0 <= run.clip_low < 1 and run.clip_high >= 0, "clip_low", (run.clip_low, run.clip_high), "need 0 <= clip_low < 1 and clip_high >= 0")
+    require(run.lr > 0, "lr", run.lr, "must be > 0")
+    require(run.warmup_steps >= 0, "warmup_steps", run.warmup_steps, "must be >= 0")
+    require(run.grad_clip >= 0, "grad_clip", run.grad_clip, "must be >= 0 (0 = off)")
+    require(run.max_new_tokens >= 1, "max_new_tokens", run.max_new_tokens, "must be >= 1")
+    require(run.temperature > 0, "temperature", run.temperature, "must be > 0: RL samples from the policy")
+    require(0 < run.top_p <= 1, "top_p", run.top_p, "must be in (0, 1]")
+    require(run.top_k >= 0, "top_k", run.top_k, "must be >= 0 (0 = off)")
+    require(run.rollout_batch_rows >= 1, "rollout_batch_rows", run.rollout_batch_rows, "must be >= 1")
+    require(run.checkpoint_every >= 0, "checkpoint_every", run.checkpoint_every, "must be >= 0")
+    require(run.keep_checkpoints >= 1, "keep_checkpoints", run.keep_checkpoints, "must be >= 1")
 
 
 def section_dict(obj: Any) -> dict[str, Any]:
@@ -235,6 +385,8 @@ __all__ = [
     "PrepareParams",
     "PromptParams",
     "PublicDatasetParams",
+    "RLParams",
+    "RLRunParams",
     "ReportParams",
     "from_mapping",
     "load_params",

@@ -76,7 +76,7 @@ def plot_accuracy(table: pd.DataFrame, path: str | Path, dpi: int = 120) -> None
     ax.set_title("Accuracy by model and benchmark")
     ax.legend(title="model", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, format="png")
     plt.close(fig)
 
 
@@ -98,5 +98,36 @@ def plot_accuracy_by_level(metrics: Mapping[tuple[str, str], Mapping[str, Any]],
     else:
         ax.text(0.5, 0.5, "no benchmark with several levels", ha="center", transform=ax.transAxes)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, format="png")
+    plt.close(fig)
+
+
+def plot_rl_curves(runs: Mapping[str, list[Mapping[str, Any]]], path: str | Path, dpi: int = 120) -> None:
+    """Per-step training curves of one or more RL runs: reward, kept fraction, length, time split."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
+    (ax_reward, ax_kept), (ax_length, ax_time) = axes
+    for name, metrics in runs.items():
+        steps = [m["step"] + 1 for m in metrics]
+        rewards = pd.Series([m["reward_mean"] for m in metrics])
+        line = ax_reward.plot(steps, rewards, marker=".", alpha=0.45)[0]
+        ax_reward.plot(steps, rewards.rolling(3, min_periods=1).mean(), color=line.get_color(), label=name)
+        ax_kept.plot(steps, [m["kept_fraction"] for m in metrics], marker=".", color=line.get_color(), label=f"{name} kept")
+        ax_kept.plot(steps, [m["zero_variance_group_fraction"] for m in metrics], ls="--", color=line.get_color(),
+                     label=f"{name} zero-variance groups")
+        ax_length.plot(steps, [m["completion_tokens_mean"] for m in metrics], marker=".", color=line.get_color(), label=name)
+    ax_reward.set(title="training reward (mean over the step's samples; line: 3-step mean)", xlabel="step", ylabel="reward")
+    ax_kept.set(title="gradient filtering", xlabel="step", ylabel="fraction", ylim=(0, 1.05))
+    ax_length.set(title="completion length", xlabel="step", ylabel="tokens (mean)")
+    phases = ("sampling", "reward", "forward_backward", "optimizer", "weight_sync")
+    names = list(runs)
+    bottom = [0.0] * len(names)
+    for phase in phases:
+        seconds = [sum(m.get(f"time_{phase}_s", 0.0) for m in runs[n]) for n in names]
+        ax_time.bar(names, seconds, bottom=bottom, label=phase.replace("_", " "))
+        bottom = [b + s for b, s in zip(bottom, seconds, strict=True)]
+    ax_time.set(title="wall time by phase (whole run)", ylabel="seconds")
+    for ax in (ax_reward, ax_kept, ax_length, ax_time):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi, format="png")
     plt.close(fig)

@@ -1,18 +1,18 @@
 """Rollout engines: turn prompt strings into sampled completions.
 
 Every engine implements ``RolloutEngine.generate(prompts, n, sampling)`` and returns, for each
-prompt, ``n`` ``Completion`` records (text, token ids, token count, finish reason). The HF backend
-here runs ``model.generate`` in batches on CPU or GPU; a vLLM backend (GPU) plugs in behind the
-same interface.
+prompt, ``n`` ``Completion`` records (text, token ids, per-token log-probs, finish reason), and
+``sync_weights(policy)`` to load the policy's current weights. The HF backend here decodes in
+batches on CPU or GPU; a vLLM backend (GPU) plugs in behind the same interface.
 
-Sampling distribution: logits / temperature, then top-k (0 = off), then top-p (1 = off);
-temperature 0 is greedy. The training loss must use the same distribution (DASH.md §5).
+Sampling distribution: ``dashrl.sampling`` (logits / temperature, then top-k, then top-p;
+temperature 0 is greedy), the same function the training loss uses.
 Prompts are tokenised without adding special tokens: ``render_prompt`` already produced the exact
 string (chat template or BOS + raw text). Batches use left padding.
 
-Seeding: chunk ``c`` of a call with seed ``s`` samples under ``torch.manual_seed(hash(s, c))`` inside
-``torch.random.fork_rng``, so the caller's global RNG is untouched and the same seed, prompts and
-batch size give the same completions.
+Seeding: chunk ``c`` of a call with seed ``s`` draws from its own ``torch.Generator`` seeded with
+``derive_seed(s, c)``: the global RNG is untouched, and the same seed, prompts and batch size give
+the same completions.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from dashrl.sampling import sample_tokens
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class Completion:
     text: str  # decoded completion, special tokens removed
     token_ids: list[int]  # generated ids, including the final eos when finish_reason == "stop"
     finish_reason: FinishReason  # "stop": eos generated; "length": max_new_tokens reached
+    logprobs: list[float] | None = None  # per token, under the sampling distribution (behaviour policy)
 
     @property
     def n_tokens(self) -> int:
@@ -62,7 +65,7 @@ class GenerationStats:
 
     wall_s: float = 0.0
     generated_tokens: int = 0  # tokens of all completions (eos included)
-    padded_token_slots: int = 0  # rows x decoding steps actually run (static batching waste included)
+    padded_token_slots: int = 0  # rows x decoding steps actually run
     engine_calls: int = 0
     chunk_wall_s: list[float] = field(default_factory=list)
 
@@ -79,12 +82,21 @@ class RolloutEngine(Protocol):
 
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingConfig) -> list[list[Completion]]: ...
 
+    def sync_weights(self, policy: PreTrainedModel) -> None: ...
+
 
 class HFEngine:
-    """Batched ``transformers`` generate.
+    """Batched decoding with a transformers causal LM and its KV cache, on CPU or GPU.
+
+    Its own decode loop instead of ``model.generate``: (1) tokens are drawn by ``sample_tokens``, the
+    distribution the loss uses, and each token's log-prob is kept (behaviour log-probs for PPO and
+    the trainer-vs-engine gap); (2) rows that finished are dropped from the batch and the KV cache
+    at once, so a batch does not decode until its longest row ends (HF's static batching does);
+    (3) the 49k-wide head runs on the last position only during prefill.
 
     ``max_batch_rows`` bounds the sequences decoded together (prompts per chunk x n); prompts are
-    sorted by token length first so that each chunk pads little, and results return in input order.
+    sorted by token length so each chunk pads little; results come back in input order.
+    ``model`` may be the policy itself or a separate (e.g. bf16) copy kept current by ``sync_weights``.
     """
 
     name = "hf"
@@ -111,70 +123,101 @@ class HFEngine:
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         prompts_per_chunk = max(1, self.max_batch_rows // n)
         results: list[list[Completion] | None] = [None] * len(prompts)
-        config = self._generation_config(n, sampling)
         self.model.eval()
         n_chunks = -(-len(order) // prompts_per_chunk)
         for chunk_index, lo in enumerate(range(0, len(order), prompts_per_chunk)):
             chunk = order[lo : lo + prompts_per_chunk]
             chunk_start = time.perf_counter()
-            completions = self._generate_chunk([encoded[i] for i in chunk], config, sampling.seed, chunk_index, stats)
+            generator = torch.Generator(device=self.model.device).manual_seed(derive_seed(sampling.seed, chunk_index))
+            rows = [encoded[i] for i in chunk for _ in range(n)]
+            completions = self._decode(rows, sampling, generator, stats)
             for j, i in enumerate(chunk):
                 results[i] = completions[j * n : (j + 1) * n]
             stats.chunk_wall_s.append(time.perf_counter() - chunk_start)
             stats.engine_calls += 1
             log.info("generated chunk %d/%d: %d sequences in %.1f s (%d tokens so far)",
-                     chunk_index + 1, n_chunks, len(chunk) * n, stats.chunk_wall_s[-1], stats.generated_tokens)
+                     chunk_index + 1, n_chunks, len(rows), stats.chunk_wall_s[-1], stats.generated_tokens)
         stats.wall_s = time.perf_counter() - start
         self.last_stats = stats
         return results  # type: ignore[return-value]
 
-    def _generation_config(self, n: int, sampling: SamplingConfig) -> GenerationConfig:
-        common = dict(
-            max_new_tokens=sampling.max_new_tokens,
-            num_return_sequences=n,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.eos_ids,
-        )
-        if sampling.greedy:
-            return GenerationConfig(do_sample=False, **common)
-        # Every processor is set explicitly: a model's own generation_config (e.g. top_k=50) must not
-        # silently change the sampling distribution.
-        return GenerationConfig(
-            do_sample=True,
-            temperature=sampling.temperature,
-            top_k=sampling.top_k if sampling.top_k > 0 else None,
-            top_p=sampling.top_p,
-            **common,
-        )
+    @torch.no_grad()
+    def sync_weights(self, policy: PreTrainedModel) -> None:
+        """Copy the policy's current weights into the engine's model (cast to its dtype)."""
+        if policy is self.model:
+            return
+        engine_params = dict(self.model.named_parameters())
+        for name, param in policy.named_parameters():
+            engine_params[name].copy_(param)
 
     @torch.no_grad()
-    def _generate_chunk(
-        self, ids: list[list[int]], config: GenerationConfig, seed: int, chunk_index: int, stats: GenerationStats
+    def _decode(
+        self, rows: list[list[int]], sampling: SamplingConfig, generator: torch.Generator, stats: GenerationStats
     ) -> list[Completion]:
-        width = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], dtype=torch.long)  # (B, Tp)
-        attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], dtype=torch.long)  # (B, Tp)
-        device = self.model.device
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-            torch.manual_seed(derive_seed(seed, chunk_index))
-            sequences = self.model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
-            )  # (B * n, Tp + Tg)
-        generated = sequences[:, width:].cpu()  # (B * n, Tg)
-        stats.padded_token_slots += generated.numel()
-        completions = [self._completion(row.tolist()) for row in generated]
-        stats.generated_tokens += sum(c.n_tokens for c in completions)
+        device, pad = self.model.device, self.tokenizer.pad_token_id
+        batch, width = len(rows), max(len(x) for x in rows)
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in rows], device=device)  # (B, Tp)
+        attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows], device=device)  # (B, Tp)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, Tp)
+        eos = torch.tensor(self.eos_ids, device=device)
+
+        cache = DynamicCache()
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :]  # (B, V)
+        next_position = position_ids[:, -1] + 1  # (B,)
+        rows_in_batch = torch.arange(batch)  # original row of each batch row
+        done = torch.zeros(batch, dtype=torch.bool)  # (B,) per original row: eos generated
+        tokens = torch.full((batch, sampling.max_new_tokens), pad, dtype=torch.long)  # (B, Tg)
+        logprobs = torch.zeros((batch, sampling.max_new_tokens))  # (B, Tg)
+        lengths = torch.zeros(batch, dtype=torch.long)  # (B,)
+        for t in range(sampling.max_new_tokens):
+            token, logprob = sample_tokens(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)  # (b,), (b,)
+            token_cpu = token.cpu()
+            live = ~done[rows_in_batch]  # (b,) rows still generating (finished rows may ride along as filler)
+            live_rows = rows_in_batch[live]
+            tokens[live_rows, t] = token_cpu[live]
+            logprobs[live_rows, t] = logprob.float().cpu()[live]
+            lengths[live_rows] += 1
+            stats.padded_token_slots += len(rows_in_batch)
+            done[live_rows[torch.isin(token_cpu[live], eos.cpu())]] = True
+            if t == sampling.max_new_tokens - 1 or bool(done.all()):
+                break
+            # Drop finished rows from the batch and the KV cache, in steps of a few batch sizes only
+            # (every new shape costs kernel set-up on CPU bf16), keeping finished rows as filler.
+            n_live = int((~done[rows_in_batch]).sum())
+            target = _bucket(n_live)
+            if target < len(rows_in_batch):
+                order = torch.argsort(done[rows_in_batch].int(), stable=True)[:target]  # live rows first
+                keep = order.sort().values.to(device)  # (b',)
+                cache.batch_select_indices(keep)
+                rows_in_batch = rows_in_batch[keep.cpu()]
+                token, attention_mask, next_position = token[keep], attention_mask[keep], next_position[keep]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(rows_in_batch), 1))], dim=-1)  # (b, T+1)
+            out = self.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position[:, None],
+                             past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1, :]  # (b, V)
+            next_position = next_position + 1
+
+        completions = []
+        for row in range(batch):
+            ids = tokens[row, : lengths[row]].tolist()
+            completions.append(Completion(
+                text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                token_ids=ids,
+                finish_reason="stop" if done[row] else "length",
+                logprobs=logprobs[row, : lengths[row]].tolist(),
+            ))
+        stats.generated_tokens += int(lengths.sum())
         return completions
 
-    def _completion(self, row: list[int]) -> Completion:
-        stop_at = next((t for t, token in enumerate(row) if token in self.eos_ids), None)
-        if stop_at is None:
-            token_ids, reason = row, "length"
-        else:
-            token_ids, reason = row[: stop_at + 1], "stop"
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-        return Completion(text=text, token_ids=token_ids, finish_reason=reason)
+
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def _bucket(n: int) -> int:
+    """The smallest bucket size >= n (n itself past the largest bucket)."""
+    return next((b for b in _BATCH_BUCKETS if b >= n), n)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -29,3 +29,12 @@ def eval_dir(model: str, benchmark: str) -> Path:
 
 def report_dir() -> Path:
     return DATA / "report"
+
+
+def rl_dir(run: str) -> Path:
+    return DATA / "rl" / run
+
+
+def rl_work_dir(run: str) -> Path:
+    """Checkpoints and per-step logs of a run in progress (DVC: persist, so a rerun can resume)."""
+    return rl_dir(run) / "work"

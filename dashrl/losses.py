@@ -1,0 +1,133 @@
+"""Token log-probs, the policy-gradient / PPO / KL token terms, and registered loss aggregations.
+
+Per token t of completion i (DASH.md §2):
+
+    pg_{i,t}  = -min(rho A_i, clip(rho, 1 - clip_low, 1 + clip_high) A_i),  rho = exp(l - l_old)
+    kl_{i,t}  = exp(l_ref - l) - (l_ref - l) - 1                        (k3 estimator, >= 0)
+    loss_{i,t} = pg_{i,t} + beta kl_{i,t}
+
+With one optimizer step per sampled batch, l_old = stopgrad(l): rho = 1 and the gradient is
+exactly -A_i grad l (REINFORCE with a group baseline). With reuse (PPO), l_old are the behaviour
+log-probs saved at sampling time.
+
+Aggregation over tokens is a registered variant: each gives per-token weights and a normaliser
+computed from the WHOLE optimizer step's counts, so the aggregate does not depend on how the step
+is split into micro-batches. The loop back-propagates sum(weights * loss) per micro-batch and
+divides the accumulated gradient by the normaliser once, before clipping:
+
+    grpo     sum_i (1/|y_i|) sum_t loss_{i,t} / N          (mean of per-sequence token means)
+    bnpo     sum_{i,t} loss_{i,t} / (total tokens)
+    dr_grpo  sum_{i,t} loss_{i,t} / (N x max_new_tokens)    (all of the paper's scripts)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from dashrl.sampling import sampling_logprobs
+
+LOGP_FLOOR = -1e4
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """What the normaliser of one optimizer step counts (all sampled, or kept only: filter_norm)."""
+
+    sequences: int
+    tokens: int
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class LossAggregation:
+    name: str
+    token_weights: Callable[[torch.Tensor], torch.Tensor]  # mask (B, T) -> weights (B, T)
+    normaliser: Callable[[StepCounts], float]
+
+
+LOSS_AGGREGATIONS: dict[str, LossAggregation] = {}
+
+
+def register_loss_agg(name: str, normaliser: Callable[[StepCounts], float]):
+    def decorate(token_weights: Callable[[torch.Tensor], torch.Tensor]):
+        if name in LOSS_AGGREGATIONS:
+            raise ValueError(f"loss aggregation {name!r} registered twice")
+        LOSS_AGGREGATIONS[name] = LossAggregation(name, token_weights, normaliser)
+        return token_weights
+
+    return decorate
+
+
+def get_loss_agg(name: str) -> LossAggregation:
+    if name not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss_agg {name!r} (valid: {', '.join(sorted(LOSS_AGGREGATIONS))})")
+    return LOSS_AGGREGATIONS[name]
+
+
+@register_loss_agg("grpo", normaliser=lambda c: c.sequences)
+def _grpo_weights(mask: torch.Tensor) -> torch.Tensor:
+    return mask / mask.sum(dim=-1, keepdim=True).clamp(min=1)  # (B, T): 1/|y_i| on each real token
+
+
+@register_loss_agg("bnpo", normaliser=lambda c: c.tokens)
+def _bnpo_weights(mask: torch.Tensor) -> torch.Tensor:
+    return mask  # (B, T)
+
+
+@register_loss_agg("dr_grpo", normaliser=lambda c: c.sequences * c.max_new_tokens)
+def _dr_grpo_weights(mask: torch.Tensor) -> torch.Tensor:
+    return mask  # (B, T)
+
+
+def policy_token_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped surrogate per token. logp, old_logp: (B, T); advantages: (B,).
+
+    Returns (loss (B, T), clipped (B, T) bool: where the clipped branch was taken).
+    """
+    ratio = torch.exp(logp - old_logp)  # (B, T)
+    adv = advantages[:, None]  # (B, 1)
+    unclipped = ratio * adv  # (B, T)
+    clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * adv  # (B, T)
+    return -torch.minimum(unclipped, clipped), clipped < unclipped
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || reference). (B, T) -> (B, T), >= 0."""
+    delta = ref_logp - logp  # (B, T)
+    return torch.exp(delta) - delta - 1
+
+
+def completion_logprobs(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> torch.Tensor:
+    """Log-probs of the completion tokens under the sampling distribution.
+
+    input_ids, attention_mask: (B, Tp + Tc), prompts left-padded to Tp, completions right-padded to
+    Tc; completion_ids: (B, Tc). Returns (B, Tc). The head runs only on the Tc + 1 last positions.
+    """
+    n_completion = completion_ids.shape[1]
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, Tp + Tc)
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=n_completion + 1
+    ).logits[:, :-1, :]  # (B, Tc, V): position t predicts completion token t
+    if top_k == 0 and top_p == 1.0:
+        # Full softmax: log p = z/T - logsumexp(z/T), without materialising (B, Tc, V) log-probs.
+        scaled = logits.float() / temperature  # (B, Tc, V)
+        chosen = scaled.gather(-1, completion_ids[..., None]).squeeze(-1)  # (B, Tc)
+        return chosen - torch.logsumexp(scaled, dim=-1)  # (B, Tc)
+    logp = sampling_logprobs(logits, temperature, top_k, top_p)  # (B, Tc, V)
+    # A token sampled under slightly different weights (bf16 engine, PPO reuse) may fall outside the
+    # current top-k/top-p set: a finite floor keeps the ratio defined; such a token gets no gradient.
+    return logp.gather(-1, completion_ids[..., None]).squeeze(-1).clamp(min=LOGP_FLOOR)  # (B, Tc)

@@ -1,0 +1,615 @@
+"""The RL loop: DASH (preemptive sampling + gradient filtering), standard GRPO, and PPO variants.
+
+One rollout step, in the paper's order (DASH.md §2-3):
+
+  1) sample      G completions for each of P prompts from the current policy.
+                 preemptive: the whole step in ONE engine call (DASH);
+                 per_micro_batch: one engine call per micro-batch of whole groups, interleaved
+                 with the backward passes (the paper's "standard GRPO").
+  2) reward      binary, with the evaluation grader (dashrl.rewards).
+  3) advantages  group-normalised (dashrl.advantages).
+  4) filter      drop samples with |A| <= tau BEFORE any forward pass, repack the survivors into
+                 micro-batches (sorted by length, so little padding is back-propagated).
+  5) backward    per micro-batch: sum(weights * token loss).backward(), accumulating gradients.
+  6) optimizer   gradients / the step's normaliser, clip, AdamW, lr schedule: ONE step per batch
+                 (PPO-Multi repeats 5-6 ppo_epochs times; PPO-Mini splits the batch into
+                 optimizer_steps_per_rollout steps).
+  7) sync        the engine's copy of the weights.
+
+How it departs from the authors' code (a patched TRL GRPOTrainer, DASH.md §5):
+  - filtering happens before the forward pass (theirs after it, saving almost nothing);
+  - the normaliser is explicit (filter_norm: original keeps tau = 0 lossless; kept = a larger lr);
+  - PPO's old log-probs are the behaviour log-probs saved at sampling time; with a single
+    optimizer step per batch the ratio is exactly 1 (l_old = stopgrad(l));
+  - the loss and the sampler use one distribution (dashrl.sampling), one prompt string,
+    and every random choice derives from (seed, step, ...): the data order is a seeded shuffle.
+
+All state is explicit in ``RLRun``; ``train`` adds checkpoints, resume and outputs around
+``rl_step``, which is the whole algorithm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from dashrl.advantages import group_advantages, keep_mask, zero_variance_fraction
+from dashrl.io import atomic_dir, atomic_file
+from dashrl.losses import (
+    LossAggregation,
+    StepCounts,
+    completion_logprobs,
+    get_loss_agg,
+    kl_k3,
+    policy_token_loss,
+)
+from dashrl.models import file_sha256, load_model, render_prompt
+from dashrl.params import GraderParams, PromptParams, RLRunParams
+from dashrl.rewards import grade_batch
+from dashrl.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, derive_seed
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Data: which prompts each step sees
+
+
+class PromptSchedule:
+    """Step s takes prompts s*P .. s*P + P - 1 of an endless sequence of seeded epoch shuffles.
+
+    The position is a function of the step, so resuming at step s restores it exactly.
+    """
+
+    def __init__(self, problems: pd.DataFrame, prompts_per_step: int, seed: int):
+        if problems.empty:
+            raise ValueError("no training problems (check rl dataset and train_levels)")
+        self.problems = problems.reset_index(drop=True)
+        self.prompts_per_step = prompts_per_step
+        self.seed = seed
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng(derive_seed(self.seed, 1_000_003, epoch)).permutation(len(self.problems))
+
+    def batch(self, step: int) -> pd.DataFrame:
+        n = len(self.problems)
+        rows = []
+        for i in range(step * self.prompts_per_step, (step + 1) * self.prompts_per_step):
+            rows.append(int(self.epoch_order(i // n)[i % n]))
+        return self.problems.iloc[rows].reset_index(drop=True)
+
+    def steps_for(self, epochs: float) -> int:
+        return max(1, math.ceil(epochs * len(self.problems) / self.prompts_per_step))
+
+
+# ------------------------------------------------------------------------------------------------
+# Samples and micro-batches
+
+
+@dataclass
+class Sample:
+    """One completion with everything the update and the rollout log need."""
+
+    problem_id: str
+    level: int
+    prompt_index: int  # within the step
+    sample_index: int  # within the group
+    prompt_ids: list[int]
+    completion: Completion
+    reward: float
+    grade_status: str
+    advantage: float = 0.0
+    kept: bool = True
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor  # (B, Tp + Tc) prompts left-padded, completions right-padded
+    attention_mask: torch.Tensor  # (B, Tp + Tc)
+    completion_ids: torch.Tensor  # (B, Tc)
+    completion_mask: torch.Tensor  # (B, Tc) float, 1 on real completion tokens
+    advantages: torch.Tensor  # (B,)
+    behaviour_logprobs: torch.Tensor  # (B, Tc) saved at sampling time
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.completion_mask.sum())
+
+
+def pack(samples: list[Sample], pad_id: int, device: torch.device) -> MicroBatch:
+    width_prompt = max(len(s.prompt_ids) for s in samples)
+    width_completion = max(s.completion.n_tokens for s in samples)
+    ids, mask, completion_ids, completion_mask, behaviour = [], [], [], [], []
+    for s in samples:
+        left, right = width_prompt - len(s.prompt_ids), width_completion - s.completion.n_tokens
+        ids.append([pad_id] * left + s.prompt_ids + s.completion.token_ids + [pad_id] * right)
+        mask.append([0] * left + [1] * (len(s.prompt_ids) + s.completion.n_tokens) + [0] * right)
+        completion_ids.append(s.completion.token_ids + [pad_id] * right)
+        completion_mask.append([1.0] * s.completion.n_tokens + [0.0] * right)
+        behaviour.append(list(s.completion.logprobs or [0.0] * s.completion.n_tokens) + [0.0] * right)
+    return MicroBatch(
+        input_ids=torch.tensor(ids, device=device),
+        attention_mask=torch.tensor(mask, device=device),
+        completion_ids=torch.tensor(completion_ids, device=device),
+        completion_mask=torch.tensor(completion_mask, device=device),
+        advantages=torch.tensor([s.advantage for s in samples], dtype=torch.float32, device=device),
+        behaviour_logprobs=torch.tensor(behaviour, dtype=torch.float32, device=device),
+    )
+
+
+def micro_batches(samples: list[Sample], size: int) -> list[list[Sample]]:
+    """Repack samples into micro-batches of up to ``size``, grouped by length to pad little."""
+    ordered = sorted(samples, key=lambda s: (len(s.prompt_ids) + s.completion.n_tokens))
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def step_counts(samples: list[Sample], max_new_tokens: int, filter_norm: str) -> StepCounts:
+    counted = samples if filter_norm == "original" else [s for s in samples if s.kept]
+    return StepCounts(
+        sequences=len(counted), tokens=sum(s.completion.n_tokens for s in counted), max_new_tokens=max_new_tokens
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Run state
+
+
+@dataclass
+class PhaseTimer:
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+
+@dataclass
+class RLRun:
+    """Everything the loop touches, passed explicitly."""
+
+    cfg: RLRunParams
+    prompt: PromptParams
+    grader: GraderParams
+    policy: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    engine: RolloutEngine
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    schedule: PromptSchedule
+    total_steps: int
+    reference: PreTrainedModel | None = None
+
+    @property
+    def aggregation(self) -> LossAggregation:
+        return get_loss_agg(self.cfg.loss_agg)
+
+    @property
+    def on_policy(self) -> bool:
+        return self.cfg.ppo_epochs == 1 and self.cfg.optimizer_steps_per_rollout == 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.train_dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.policy.device.type, dtype=torch.bfloat16)
+
+
+def sampling_config(cfg: RLRunParams, step: int, unit: int) -> SamplingConfig:
+    return SamplingConfig(
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
+        seed=derive_seed(cfg.seed, step, unit),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The step
+
+
+@dataclass
+class StepOutput:
+    metrics: dict[str, Any]
+    rollouts: pd.DataFrame
+
+
+def rl_step(run: RLRun, step: int) -> StepOutput:
+    """One rollout step of DASH / GRPO / PPO, top to bottom."""
+    cfg, timer = run.cfg, PhaseTimer()
+    stats: dict[str, float] = defaultdict(float)
+    step_start = time.perf_counter()
+    problems = run.schedule.batch(step)  # P rows
+
+    if cfg.sampling == "preemptive":
+        # 1-4) sample the whole step at once, score, filter; the survivors wait in memory.
+        samples = sample_and_score(run, problems, step, unit=0, timer=timer, stats=stats)
+        # 5-6) backprop in small micro-batches; PPO variants reuse the same samples.
+        prompts_per_update = cfg.prompts_per_step // cfg.optimizer_steps_per_rollout
+        for _epoch in range(cfg.ppo_epochs):
+            for lo in range(0, cfg.prompts_per_step, prompts_per_update):
+                update = [s for s in samples if lo <= s.prompt_index < lo + prompts_per_update]
+                for batch in micro_batches([s for s in update if s.kept], cfg.micro_batch_size):
+                    with timer("forward_backward"):
+                        backward(run, batch, stats)
+                with timer("optimizer"):
+                    optimizer_step(run, step_counts(update, cfg.max_new_tokens, cfg.filter_norm), stats)
+    else:
+        # Standard GRPO: generate inside each accumulation micro-step, at the backprop batch size.
+        samples = []
+        prompts_per_micro = cfg.micro_batch_size // cfg.group_size
+        for unit, lo in enumerate(range(0, cfg.prompts_per_step, prompts_per_micro)):
+            chunk = sample_and_score(run, problems.iloc[lo : lo + prompts_per_micro], step, unit, timer, stats, offset=lo)
+            kept = [s for s in chunk if s.kept]
+            if kept:
+                with timer("forward_backward"):
+                    backward(run, kept, stats)
+            samples += chunk
+        with timer("optimizer"):
+            optimizer_step(run, step_counts(samples, cfg.max_new_tokens, cfg.filter_norm), stats)
+
+    # 7) the engine samples the next step from the updated weights.
+    with timer("weight_sync"):
+        run.engine.sync_weights(run.policy)
+
+    metrics = step_metrics(run, step, samples, stats, timer, time.perf_counter() - step_start)
+    return StepOutput(metrics=metrics, rollouts=rollout_frame(step, samples))
+
+
+def sample_and_score(
+    run: RLRun, problems: pd.DataFrame, step: int, unit: int, timer: PhaseTimer, stats: dict[str, float], offset: int = 0
+) -> list[Sample]:
+    """Steps 1-4 for a set of prompts: sample G each, grade, group advantages, keep-mask."""
+    cfg, group = run.cfg, run.cfg.group_size
+    prompts = [render_prompt(p, run.tokenizer, run.prompt) for p in problems["prompt"]]
+    with timer("sampling"):
+        completions = run.engine.generate(prompts, group, sampling_config(cfg, step, unit))  # (P, G)
+    stats["sampled_tokens"] += run.engine.last_stats.generated_tokens
+    with timer("reward"):
+        flat = [c for row in completions for c in row]
+        references = [a for a in problems["answer"] for _ in range(group)]
+        grades = grade_batch([c.text for c in flat], references, require_box=run.grader.require_box, timeout_s=run.grader.timeout_s)
+    rewards = torch.tensor([g.reward for g in grades]).view(len(prompts), group)  # (P, G)
+    advantages = group_advantages(rewards, cfg.scale_rewards)  # (P, G)
+    keep = keep_mask(advantages, cfg.filter_threshold)  # (P, G)
+    stats["zero_variance_groups"] += zero_variance_fraction(rewards) * len(prompts)
+    samples = []
+    for i, (problem, prompt) in enumerate(zip(problems.itertuples(), prompts, strict=True)):
+        prompt_ids = run.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for j in range(group):
+            g = grades[i * group + j]
+            samples.append(Sample(
+                problem_id=problem.id, level=int(problem.level), prompt_index=offset + i, sample_index=j,
+                prompt_ids=prompt_ids, completion=completions[i][j], reward=g.reward, grade_status=g.status,
+                advantage=float(advantages[i, j]), kept=bool(keep[i, j]),
+            ))
+    return samples
+
+
+def backward(run: RLRun, samples: list[Sample], stats: dict[str, float]) -> None:
+    """Step 5 for one micro-batch: accumulate grad of sum(weights * token loss)."""
+    cfg = run.cfg
+    run.policy.train()  # the engine may share this module and switch it to eval for sampling
+    batch = pack(samples, run.tokenizer.pad_token_id, run.policy.device)
+    with run.autocast():
+        logp = completion_logprobs(run.policy, batch.input_ids, batch.attention_mask, batch.completion_ids,
+                                   cfg.temperature, cfg.top_k, cfg.top_p).float()  # (B, Tc)
+    mask = batch.completion_mask  # (B, Tc)
+    old_logp = logp.detach() if run.on_policy else batch.behaviour_logprobs  # (B, Tc)
+    token_loss, clipped = policy_token_loss(logp, old_logp, batch.advantages, cfg.clip_low, cfg.clip_high)  # (B, Tc)
+    if cfg.kl_coef > 0:
+        with torch.no_grad(), run.autocast():
+            ref_logp = completion_logprobs(run.reference, batch.input_ids, batch.attention_mask, batch.completion_ids,
+                                           cfg.temperature, cfg.top_k, cfg.top_p).float()  # (B, Tc)
+        kl = kl_k3(logp, ref_logp)  # (B, Tc)
+        token_loss = token_loss + cfg.kl_coef * kl
+        stats["kl_sum"] += float((kl.detach() * mask).sum())
+    weights = run.aggregation.token_weights(mask)  # (B, Tc)
+    loss = (weights * token_loss).sum()
+    loss.backward()
+    stats["loss_sum"] += float(loss.detach())
+    stats["trained_tokens"] += float(mask.sum()) + float(batch.attention_mask.sum() - mask.sum())
+    stats["trained_completion_tokens"] += float(mask.sum())
+    stats["clipped_tokens"] += float((clipped & (mask > 0)).sum())
+    stats["logprob_gap_sum"] += float(((logp.detach() - batch.behaviour_logprobs).abs() * mask).sum())
+    stats["backward_passes"] += 1
+
+
+def optimizer_step(run: RLRun, counts: StepCounts, stats: dict[str, float]) -> None:
+    """Step 6: normalise the accumulated gradient by the whole update's counts, clip, step."""
+    params = [p for p in run.policy.parameters() if p.requires_grad]
+    normaliser = run.aggregation.normaliser(counts)
+    stats["loss"] += stats.pop("loss_sum", 0.0) / max(normaliser, 1)
+    stats["updates"] += 1
+    if all(p.grad is None for p in params):
+        stats["skipped_optimizer_steps"] += 1  # every sample was filtered out: nothing to learn from
+        run.scheduler.step()
+        return
+    for p in params:
+        if p.grad is not None:
+            p.grad.div_(normaliser)
+    max_norm = run.cfg.grad_clip if run.cfg.grad_clip > 0 else float("inf")
+    stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    stats["optimizer_steps"] += 1
+
+
+def step_metrics(
+    run: RLRun, step: int, samples: list[Sample], stats: dict[str, float], timer: PhaseTimer, wall_s: float
+) -> dict[str, Any]:
+    cfg = run.cfg
+    rewards = np.array([s.reward for s in samples])
+    lengths = np.array([s.completion.n_tokens for s in samples])
+    kept = [s for s in samples if s.kept]
+    kept_tokens = sum(s.completion.n_tokens for s in kept)
+    completion_tokens = max(stats["trained_completion_tokens"], 1.0)
+    seconds = {f"time_{phase}_s": timer.seconds.get(phase, 0.0)
+               for phase in ("sampling", "reward", "forward_backward", "optimizer", "weight_sync")}
+    metrics: dict[str, Any] = {
+        "step": step,
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()),
+        "zero_variance_group_fraction": stats["zero_variance_groups"] / cfg.prompts_per_step,
+        "samples": len(samples),
+        "samples_kept": len(kept),
+        "samples_dropped": len(samples) - len(kept),
+        "kept_fraction": len(kept) / len(samples),
+        "tokens_kept": kept_tokens,
+        "tokens_dropped": int(lengths.sum()) - kept_tokens,
+        "mean_abs_advantage_kept": float(np.mean([abs(s.advantage) for s in kept])) if kept else 0.0,
+        "mean_abs_advantage_all": float(np.mean([abs(s.advantage) for s in samples])),
+        "completion_tokens_mean": float(lengths.mean()),
+        "completion_tokens_max": int(lengths.max()),
+        "truncation_rate": float(np.mean([s.completion.finish_reason == "length" for s in samples])),
+        "loss": stats["loss"] / max(stats["updates"], 1),  # mean over the step's optimizer updates
+        "grad_norm": stats.get("grad_norm", 0.0),
+        "lr": run.scheduler.get_last_lr()[0],
+        "optimizer_steps": int(stats["optimizer_steps"]),
+        "skipped_optimizer_steps": int(stats["skipped_optimizer_steps"]),
+        "backward_passes": int(stats["backward_passes"]),
+        "logprob_gap_mean": stats["logprob_gap_sum"] / completion_tokens,
+        **seconds,
+        "time_step_s": wall_s,
+        "sampling_tokens_per_s": stats["sampled_tokens"] / max(timer.seconds.get("sampling", 0.0), 1e-9),
+        "training_tokens_per_s": stats["trained_tokens"] / max(timer.seconds.get("forward_backward", 0.0), 1e-9),
+        "grader_timeouts": sum(s.grade_status == "timeout" for s in samples),
+        "grader_parse_errors": sum(s.grade_status == "parse_error" for s in samples),
+    }
+    if cfg.kl_coef > 0:
+        metrics["kl"] = stats["kl_sum"] / completion_tokens
+    if not run.on_policy:
+        metrics["clip_fraction"] = stats["clipped_tokens"] / completion_tokens
+    return metrics
+
+
+def rollout_frame(step: int, samples: list[Sample]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "step": [step] * len(samples),
+        "problem_id": [s.problem_id for s in samples],
+        "level": [s.level for s in samples],
+        "prompt_index": [s.prompt_index for s in samples],
+        "sample": [s.sample_index for s in samples],
+        "completion": [s.completion.text for s in samples],
+        "reward": [s.reward for s in samples],
+        "grade_status": [s.grade_status for s in samples],
+        "advantage": [s.advantage for s in samples],
+        "kept": [s.kept for s in samples],
+        "logprob_sum": [float(sum(s.completion.logprobs or [])) for s in samples],
+        "tokens": [s.completion.n_tokens for s in samples],
+        "truncated": [s.completion.finish_reason == "length" for s in samples],
+    })
+
+
+# ------------------------------------------------------------------------------------------------
+# Setup, checkpoints, resume
+
+
+def make_engine(cfg: RLRunParams, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
+    """``engine: auto`` picks vLLM when a GPU and vllm are present, HF otherwise (logged)."""
+    name = cfg.engine
+    if name == "auto":
+        name = "vllm" if torch.cuda.is_available() and _vllm_available() else "hf"
+        log.info("engine: auto -> %s", name)
+    if name == "vllm":
+        raise NotImplementedError("engine: vllm is not available in this build yet; use engine: hf or auto")
+    if cfg.rollout_dtype == "float32" and policy.dtype == torch.float32:
+        engine_model = policy  # share weights: syncing is free
+    else:
+        engine_model = copy.deepcopy(policy).to(torch.bfloat16 if cfg.rollout_dtype == "bfloat16" else torch.float32)
+        engine_model.requires_grad_(False)
+    return HFEngine(engine_model, tokenizer, max_batch_rows=cfg.rollout_batch_rows)
+
+
+def _vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def lr_lambda(cfg: RLRunParams, total_optimizer_steps: int):
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_optimizer_steps - cfg.warmup_steps))
+        if cfg.lr_schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def run_fingerprint(cfg: RLRunParams, prompt: PromptParams, grader: GraderParams, init_dir: Path, train_file: Path) -> str:
+    """What a checkpoint must match to be resumed: params, initial weights and training data."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"rl": asdict(cfg), "prompt": asdict(prompt), "grader": asdict(grader)}, sort_keys=True).encode())
+    for weights in sorted(init_dir.glob("*.safetensors")):
+        digest.update(file_sha256(weights).encode())
+    digest.update(file_sha256(train_file).encode())
+    return digest.hexdigest()
+
+
+def save_checkpoint(run: RLRun, work_dir: Path, step: int, fingerprint: str) -> Path:
+    """Weights, optimizer, scheduler and RNG after ``step`` steps, safetensors + JSON, atomically."""
+    target = work_dir / "checkpoints" / f"step-{step:06d}"
+    with atomic_dir(target) as tmp:
+        run.policy.save_pretrained(tmp, safe_serialization=True)
+        optimizer_state = run.optimizer.state_dict()
+        tensors = {"rng.torch": torch.get_rng_state()}
+        for index, state in optimizer_state["state"].items():
+            for key, value in state.items():
+                tensors[f"state.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "optimizer.safetensors"))
+        (tmp / "trainer_state.json").write_text(json.dumps({
+            "step": step,
+            "fingerprint": fingerprint,
+            "param_groups": optimizer_state["param_groups"],
+            "scheduler": run.scheduler.state_dict(),
+        }, indent=2, default=_json_default))
+    checkpoints = sorted((work_dir / "checkpoints").glob("step-*"))
+    for old in checkpoints[: -run.cfg.keep_checkpoints]:
+        shutil.rmtree(old)
+    return target
+
+
+def _json_default(value: Any) -> Any:
+    if callable(value) or value is None:
+        return None
+    raise TypeError(f"not JSON serialisable: {value!r}")
+
+
+def latest_checkpoint(work_dir: Path, fingerprint: str) -> Path | None:
+    for path in sorted((work_dir / "checkpoints").glob("step-*"), reverse=True):
+        state_file = path / "trainer_state.json"
+        if state_file.is_file() and json.loads(state_file.read_text())["fingerprint"] == fingerprint:
+            return path
+    return None
+
+
+def restore_checkpoint(run: RLRun, checkpoint: Path) -> int:
+    """Load optimizer, scheduler and RNG state (weights were loaded with the policy). Returns the step."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    tensors = load_file(str(checkpoint / "optimizer.safetensors"))
+    optimizer_state: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, index, name = key.split(".", 2)
+            optimizer_state[int(index)][name] = value
+    run.optimizer.load_state_dict({"state": dict(optimizer_state), "param_groups": state["param_groups"]})
+    scheduler_state = state["scheduler"]
+    scheduler_state.pop("lr_lambdas", None)
+    run.scheduler.load_state_dict({**run.scheduler.state_dict(), **scheduler_state})
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(state["step"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+
+
+def build_run(
+    *,
+    cfg: RLRunParams,
+    prompt: PromptParams,
+    grader: GraderParams,
+    weights_dir: Path,
+    init_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: pd.DataFrame,
+) -> RLRun:
+    """Policy (from ``weights_dir``), optional frozen reference (``init_dir``), optimizer, schedule, engine."""
+    torch.manual_seed(cfg.seed)
+    policy = load_model(weights_dir, dtype="float32")
+    reference = None
+    if cfg.kl_coef > 0:
+        reference = load_model(init_dir, dtype="float32").eval().requires_grad_(False)
+    schedule = PromptSchedule(problems, cfg.prompts_per_step, cfg.seed)
+    total_steps = cfg.steps if cfg.steps is not None else schedule.steps_for(cfg.epochs)
+    total_optimizer_steps = total_steps * cfg.ppo_epochs * cfg.optimizer_steps_per_rollout
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_optimizer_steps))
+    return RLRun(cfg=cfg, prompt=prompt, grader=grader, policy=policy, tokenizer=tokenizer,
+                 engine=make_engine(cfg, policy, tokenizer), optimizer=optimizer, scheduler=scheduler,
+                 schedule=schedule, total_steps=total_steps, reference=reference)
+
+
+def train(
+    *,
+    cfg: RLRunParams,
+    prompt: PromptParams,
+    grader: GraderParams,
+    init_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: pd.DataFrame,
+    train_file: Path,
+    work_dir: Path,
+) -> RLRun:
+    """Run (or resume) an RL run. ``work_dir`` holds checkpoints, per-step rollouts and metrics.jsonl.
+
+    A run killed at any point and restarted with the same params, initial model and data resumes
+    from its newest checkpoint; anything logged after that checkpoint is discarded and redone.
+    """
+    fingerprint = run_fingerprint(cfg, prompt, grader, init_dir, train_file)
+    checkpoint = latest_checkpoint(work_dir, fingerprint)
+    if checkpoint is None and work_dir.exists():
+        shutil.rmtree(work_dir)  # another run's state: start clean
+    (work_dir / "rollouts").mkdir(parents=True, exist_ok=True)
+
+    run = build_run(cfg=cfg, prompt=prompt, grader=grader, weights_dir=checkpoint or init_dir, init_dir=init_dir,
+                    tokenizer=tokenizer, problems=problems)
+    total_steps = run.total_steps
+    start_step = restore_checkpoint(run, checkpoint) if checkpoint else 0
+    truncate_logs(work_dir, start_step)
+    if start_step:
+        log.info("resuming from %s at step %d of %d", checkpoint, start_step, total_steps)
+
+    for step in range(start_step, total_steps):
+        out = rl_step(run, step)
+        out.rollouts.to_parquet(work_dir / "rollouts" / f"step-{step:06d}.parquet", index=False)
+        with (work_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(out.metrics) + "\n")
+        m = out.metrics
+        log.info("step %d/%d: reward %.3f, kept %d/%d, loss %.4f, %.1f s (sampling %.1f, fwd+bwd %.1f)",
+                 step + 1, total_steps, m["reward_mean"], m["samples_kept"], m["samples"], m["loss"],
+                 m["time_step_s"], m["time_sampling_s"], m["time_forward_backward_s"])
+        done = step + 1
+        if done == total_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+            save_checkpoint(run, work_dir, done, fingerprint)
+    return run
+
+
+def truncate_logs(work_dir: Path, start_step: int) -> None:
+    """Drop rollouts and metrics of steps at or after ``start_step`` (redone after a resume)."""
+    for path in (work_dir / "rollouts").glob("step-*.parquet"):
+        if int(path.stem.split("-")[1]) >= start_step:
+            path.unlink()
+    metrics_file = work_dir / "metrics.jsonl"
+    if metrics_file.exists():
+        lines = [line for line in metrics_file.read_text().splitlines() if line and json.loads(line)["step"] < start_step]
+        with atomic_file(metrics_file) as tmp:
+            tmp.write_text("".join(line + "\n" for line in lines))
+
+
+def read_metrics(work_dir: Path) -> list[dict[str, Any]]:
+    path = work_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []

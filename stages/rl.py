@@ -1,0 +1,99 @@
+"""Stage `rl@<run>`: train one named RL run (DASH, GRPO, PPO variants ... from params.yaml rl.runs).
+
+    python -m stages.rl dash
+
+Reads ``data/models/<init_from>`` and ``data/prepared/<dataset>/train.parquet``; writes the final
+policy ``data/models/<run>/`` (input of evaluate), ``data/rl/<run>/rollouts/`` (one parquet per
+step), ``metrics.jsonl`` (per step, DVC plots), ``summary.json`` (DVC metrics), ``curves.png``.
+``data/rl/<run>/work/`` keeps checkpoints so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+
+import numpy as np
+
+from dashrl.data import read_problems
+from dashrl.io import atomic_dir, atomic_file, run_record, write_json
+from dashrl.models import dir_sha256, load_tokenizer
+from dashrl.params import Params, ParamsError, load_params, section_dict
+from dashrl.reporting import plot_rl_curves
+from dashrl.rl import read_metrics, train
+from stages import paths
+from stages.common import setup_logging
+
+log = logging.getLogger("stages.rl")
+
+
+def main(params: Params, run_name: str) -> None:
+    cfg = params.rl.run(run_name)
+    init_dir, train_file = paths.model_dir(cfg.init_from), paths.prepared(cfg.dataset, "train")
+    # Everything that can be wrong is checked before the first sample.
+    if not (init_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{init_dir}: no model there (rl.runs.{run_name}.init_from: {cfg.init_from!r}); run its stage first")
+    problems = read_problems(train_file)
+    if cfg.train_levels is not None:
+        problems = problems[problems["level"].isin(cfg.train_levels)]
+        if problems.empty:
+            raise ParamsError(f"params.yaml: rl.runs.{run_name}.train_levels: {cfg.train_levels}: no problem of {train_file} has these levels")
+    tokenizer = load_tokenizer(init_dir)
+
+    start = time.perf_counter()
+    work_dir = paths.rl_work_dir(run_name)
+    run = train(cfg=cfg, prompt=params.prompt, grader=params.grader, init_dir=init_dir, tokenizer=tokenizer,
+                problems=problems, train_file=train_file, work_dir=work_dir)
+    wall_s = time.perf_counter() - start
+    metrics = read_metrics(work_dir)
+
+    used = {"rl": section_dict(cfg), "prompt": section_dict(params.prompt), "grader": section_dict(params.grader)}
+    with atomic_dir(paths.model_dir(run_name)) as tmp:
+        run.policy.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "dashrl_run.json", run_record(used, model={"source": f"rl@{run_name}", "init_from": cfg.init_from,
+                                                                    "content_sha256": dir_sha256(tmp)}))
+    out = paths.rl_dir(run_name)
+    with atomic_dir(out / "rollouts") as tmp:
+        for path in sorted((work_dir / "rollouts").glob("step-*.parquet")):
+            shutil.copy2(path, tmp / path.name)
+    with atomic_file(out / "metrics.jsonl") as tmp:
+        shutil.copy2(work_dir / "metrics.jsonl", tmp)
+    write_json(out / "summary.json", summarise_run(metrics, wall_s, run_name))
+    write_json(out / "run.json", run_record(used, run=run_name, steps=len(metrics)))
+    with atomic_file(out / "curves.png") as tmp:
+        plot_rl_curves({run_name: metrics}, tmp, dpi=params.report.plot_dpi)
+    log.info("rl@%s done in %.0f s: reward %.3f -> %.3f", run_name, wall_s,
+             metrics[0]["reward_mean"], metrics[-1]["reward_mean"])
+
+
+def summarise_run(metrics: list[dict], wall_s: float, run_name: str) -> dict:
+    """Totals over the run: time per phase, tokens, kept fraction, reward at the start and end."""
+    def total(key: str) -> float:
+        return float(sum(m[key] for m in metrics))
+
+    k = max(1, min(3, len(metrics) // 3))
+    return {
+        "run": run_name,
+        "steps": len(metrics),
+        "stage_wall_s": wall_s,
+        "train_wall_s": total("time_step_s"),
+        **{f"total_{key[5:]}": total(key) for key in metrics[0] if key.startswith("time_") and key != "time_step_s"},
+        "reward_first_steps": float(np.mean([m["reward_mean"] for m in metrics[:k]])),
+        "reward_last_steps": float(np.mean([m["reward_mean"] for m in metrics[-k:]])),
+        "kept_fraction_mean": float(np.mean([m["kept_fraction"] for m in metrics])),
+        "samples_total": int(total("samples")),
+        "samples_kept_total": int(total("samples_kept")),
+        "completion_tokens_mean": float(np.mean([m["completion_tokens_mean"] for m in metrics])),
+        "completion_tokens_last_steps": float(np.mean([m["completion_tokens_mean"] for m in metrics[-k:]])),
+        "mean_abs_advantage_kept": float(np.mean([m["mean_abs_advantage_kept"] for m in metrics])),
+    }
+
+
+if __name__ == "__main__":
+    setup_logging()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run")
+    main(load_params(paths.PARAMS), parser.parse_args().run)
