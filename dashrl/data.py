@@ -403,13 +403,17 @@ def _operand(rng: np.random.Generator) -> int:
     return int(rng.integers(1, 10)) if rng.random() < 0.5 else int(rng.integers(10, 100))
 
 
-def _one_step(rng: np.random.Generator, low: int, high: int) -> _Arith:
-    """Levels 1 and 2: one addition or subtraction of operands in [low, high]."""
+def _one_step(rng: np.random.Generator, low: int, high: int, n_templates: int = 5) -> _Arith:
+    """Levels 1 and 2: one addition or subtraction of operands in [low, high].
+
+    Templates 0-2 state the operation (gains, altogether, gives away); 3-4 are comparisons
+    ("N fewer than", "how many more than"), which the embedded model finds much harder.
+    """
     (a_name, a_pron), (b_name, _) = _people(rng, 2)
     item = _pick(rng, _ITEMS)
     x, y = (int(v) for v in rng.integers(low, high + 1, size=2))
     big, small = max(x, y), min(x, y)
-    template = int(rng.integers(5))
+    template = int(rng.integers(n_templates))
     if template == 0:
         verb, total = _pick(rng, _GAIN_VERBS), x + y
         text = f"{a_name} has {_count(x, item)}. {a_pron.capitalize()} {verb} {y} more. How many {item[1]} does {a_name} have now?"
@@ -442,7 +446,8 @@ def _one_step(rng: np.random.Generator, low: int, high: int) -> _Arith:
 
 
 def _level_1(rng: np.random.Generator) -> _Arith:
-    return _one_step(rng, 1, 9)
+    """One-digit operands, the operation stated in the text: the embedded model's easiest band."""
+    return _one_step(rng, 1, 9, n_templates=3)
 
 
 def _level_2(rng: np.random.Generator) -> _Arith:
@@ -661,7 +666,7 @@ def generate_arith(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate (train, test) arithmetic word problems, shared equally among `levels` (1-5).
 
-    1: one addition/subtraction of single-digit numbers   2: the same with two-digit numbers
+    1: one stated addition/subtraction, one-digit numbers  2: two-digit numbers, comparisons too
     3: two or three additions/subtractions                 4: one multiplication or exact division
     5: a multiplication/division, then an addition/subtraction
     Example (level 1): prompt "Mia has 7 pencils. She gives away 3 of them. How many pencils does Mia

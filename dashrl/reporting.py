@@ -115,7 +115,7 @@ def plot_rl_curves(runs: Mapping[str, list[Mapping[str, Any]]], path: str | Path
         ax_kept.plot(steps, [m["zero_variance_group_fraction"] for m in metrics], ls="--", color=line.get_color(),
                      label=f"{name} zero-variance groups")
         ax_length.plot(steps, [m["completion_tokens_mean"] for m in metrics], marker=".", color=line.get_color(), label=name)
-    ax_reward.set(title="training reward (mean over the step's samples; line: 3-step mean)", xlabel="step", ylabel="reward")
+    ax_reward.set(title="training reward (dots: step mean, line: 3-step mean)", xlabel="step", ylabel="reward")
     ax_kept.set(title="gradient filtering", xlabel="step", ylabel="fraction", ylim=(0, 1.05))
     ax_length.set(title="completion length", xlabel="step", ylabel="tokens (mean)")
     phases = ("sampling", "reward", "forward_backward", "optimizer", "weight_sync")

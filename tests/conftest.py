@@ -84,7 +84,12 @@ def tiny_params_dict() -> dict:
     """params.yaml with every section shrunk to seconds of work on a tiny model."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["prepare"]["arith"].update(n_train=40, n_test=12, levels=[1, 4])
+    raw["evaluate"]["models"] = ["base"]
     raw["evaluate"]["generation"].update(max_new_tokens=12, batch_size=8, samples_per_problem=2, dtype="float32")
+    raw["rl"]["common"].update(
+        prompts_per_step=2, group_size=4, micro_batch_size=4, steps=2, max_new_tokens=8, rollout_batch_rows=8,
+        train_levels=None, checkpoint_every=1, train_dtype="float32", rollout_dtype="float32",
+    )
     raw["report"]["plot_dpi"] = 40
     return raw
 

@@ -14,6 +14,7 @@ from stages import evaluate as evaluate_stage
 from stages import model as model_stage
 from stages import prepare as prepare_stage
 from stages import report as report_stage
+from stages import rl as rl_stage
 
 
 def edit_params(path, edit):
@@ -121,3 +122,31 @@ def test_model_stage_from_a_local_directory(workspace, tiny_model_dir):
     assert run["model"]["source"] == str(tiny_model_dir) and len(run["model"]["content_sha256"]) == 64
     assert run["params"]["model"]["dtype"] == "float32" and "torch" in run["packages"]
     assert not [p for p in (workspace / "data/models").iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_rl_stage_writes_policy_rollouts_metrics_and_curves(workspace):
+    params = edit_params(workspace / "params.yaml", lambda r: r["evaluate"].update(models=["base", "dash"]))
+    prepare_stage.main(params, "arith")
+    rl_stage.main(params, "dash")
+    out = workspace / "data/rl/dash"
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1]
+    assert sorted(p.name for p in (out / "rollouts").iterdir()) == ["step-000000.parquet", "step-000001.parquet"]
+    rollouts = pd.read_parquet(out / "rollouts/step-000001.parquet")
+    assert len(rollouts) == 2 * 4 and {"reward", "advantage", "kept", "logprob_sum", "tokens"} <= set(rollouts)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["samples_total"] == 16
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (workspace / "data/models/dash/model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "work/checkpoints").iterdir()) == ["step-000002"]  # keep_checkpoints: 1
+    # The trained policy is an ordinary model directory: evaluate takes it as it is.
+    evaluate_stage.main(params, "dash", "arith")
+    assert json.loads((workspace / "data/eval/dash/arith/metrics.json").read_text())["model"] == "dash"
+
+
+def test_rl_stage_without_its_initial_model_fails_before_sampling(workspace):
+    params = edit_params(workspace / "params.yaml", lambda r: r["rl"]["runs"]["dash"].update(init_from="sft_h"))
+    prepare_stage.main(params, "arith")
+    with pytest.raises(FileNotFoundError, match=r"data/models/sft_h: no model there \(rl.runs.dash.init_from: 'sft_h'\)"):
+        rl_stage.main(params, "dash")
+    assert not (workspace / "data/rl").exists()
