@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint clean-venv
+.PHONY: run test lint bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.rl_speed
+
 lint: $(STAMP)
-	$(BIN)/ruff check dashrl stages flows tests
+	$(BIN)/ruff check dashrl stages flows tests benchmarks
 
 clean-venv:
 	rm -rf $(VENV)

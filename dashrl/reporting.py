@@ -90,6 +90,7 @@ def plot_accuracy_by_level(metrics: Mapping[tuple[str, str], Mapping[str, Any]],
         levels = sorted(by_level, key=int)
         ax.plot([int(x) for x in levels], [by_level[x] for x in levels], marker="o", label=f"{model} / {benchmark}")
     ax.set_xlabel("difficulty level")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("accuracy (1 sample / problem)")
     ax.set_ylim(0, 1)
     ax.set_title("Accuracy by difficulty level")
