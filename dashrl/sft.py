@@ -1,0 +1,143 @@
+"""Supervised fine-tuning with the loss on the completion only (the paper's SFT baselines).
+
+Examples are (prompt, completion) pairs in the same prompt format as RL (``render_prompt``):
+
+- ``reference_examples``: the training split's worked solutions (the paper's SFT-H, "human");
+- ``rejection_sampled_examples``: a model's own samples that the grader marks correct (the
+  paper's SFT-M analogue: correct traces of a stronger model; here any model, the base by default).
+
+The loss is the mean negative log-likelihood of the completion tokens (eos included) under the
+full softmax (temperature 1), averaged over all completion tokens of a batch; prompt tokens are
+context only. Batches are shuffled each epoch with a seed.
+
+Not yet a pipeline stage: issue 4 wires it into dvc.yaml as ``sft`` (see the README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from dashrl.losses import completion_logprobs
+from dashrl.models import render_prompt
+from dashrl.params import GraderParams, PromptParams
+from dashrl.rewards import grade_batch
+from dashrl.rollout import RolloutEngine, SamplingConfig, derive_seed
+
+
+@dataclass(frozen=True)
+class Example:
+    problem_id: str
+    prompt: str  # the rendered model input
+    completion: str  # the target text, without the eos token (added at tokenisation)
+
+
+def reference_examples(problems: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, prompt: PromptParams) -> list[Example]:
+    """One example per problem: its worked solution as the completion (SFT-H)."""
+    return [Example(row.id, render_prompt(row.prompt, tokenizer, prompt), row.solution) for row in problems.itertuples()]
+
+
+def rejection_sampled_examples(
+    problems: pd.DataFrame,
+    *,
+    engine: RolloutEngine,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: PromptParams,
+    grader: GraderParams,
+    sampling: SamplingConfig,
+    samples_per_problem: int,
+) -> list[Example]:
+    """The engine's samples that the grader marks correct, at most one per distinct text (SFT-M)."""
+    prompts = [render_prompt(p, tokenizer, prompt) for p in problems["prompt"]]
+    completions = engine.generate(prompts, samples_per_problem, sampling)  # (P, k)
+    flat = [(i, c) for i, group in enumerate(completions) for c in group]
+    references = [problems["answer"].iloc[i] for i, _ in flat]
+    grades = grade_batch([c.text for _, c in flat], references, require_box=grader.require_box, timeout_s=grader.timeout_s)
+    examples, seen = [], set()
+    for (i, completion), grade in zip(flat, grades, strict=True):
+        key = (i, completion.text)
+        if grade.reward == 1.0 and completion.finish_reason == "stop" and key not in seen:
+            seen.add(key)
+            examples.append(Example(problems["id"].iloc[i], prompts[i], completion.text))
+    return examples
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    prompt_ids: list[int]
+    completion_ids: list[int]  # completion + eos, truncated to fit max_length
+
+
+def tokenize(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[Tokenized]:
+    """Token ids per example; the completion is cut so prompt + completion <= max_length."""
+    out = []
+    for ex in examples:
+        prompt_ids = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(ex.completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        room = max_length - len(prompt_ids)
+        if room < 1:
+            raise ValueError(f"problem {ex.problem_id}: prompt is {len(prompt_ids)} tokens, max_length is {max_length}")
+        out.append(Tokenized(prompt_ids, completion_ids[:room]))
+    return out
+
+
+def pack_pairs(items: Sequence[Tokenized], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Prompts left-padded, completions right-padded: (input_ids, attention_mask, completion_ids, completion_mask)."""
+    width_p = max(len(x.prompt_ids) for x in items)
+    width_c = max(len(x.completion_ids) for x in items)
+    ids, mask, comp, comp_mask = [], [], [], []
+    for x in items:
+        left, right = width_p - len(x.prompt_ids), width_c - len(x.completion_ids)
+        ids.append([pad_id] * left + x.prompt_ids + x.completion_ids + [pad_id] * right)
+        mask.append([0] * left + [1] * (len(x.prompt_ids) + len(x.completion_ids)) + [0] * right)
+        comp.append(x.completion_ids + [pad_id] * right)
+        comp_mask.append([1.0] * len(x.completion_ids) + [0.0] * right)
+    as_tensor = lambda rows, dtype=torch.long: torch.tensor(rows, dtype=dtype, device=device)  # noqa: E731
+    return as_tensor(ids), as_tensor(mask), as_tensor(comp), as_tensor(comp_mask, torch.float32)  # (B, Tp+Tc) x2, (B, Tc) x2
+
+
+def sft_train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    max_length: int,
+    seed: int,
+    train_dtype: str = "float32",
+    grad_clip: float = 1.0,
+) -> list[dict[str, float]]:
+    """Train ``model`` in place; returns one record per optimizer step (epoch, step, loss, tokens)."""
+    if not examples:
+        raise ValueError("no SFT examples (rejection sampling found no correct sample?)")
+    items = tokenize(examples, tokenizer, max_length)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    autocast = (torch.autocast(model.device.type, dtype=torch.bfloat16) if train_dtype == "bfloat16"
+                else contextlib.nullcontext())
+    history = []
+    model.train()
+    steps_per_epoch = math.ceil(len(items) / batch_size)
+    for epoch in range(epochs):
+        order = np.random.default_rng(derive_seed(seed, epoch)).permutation(len(items))
+        for b in range(steps_per_epoch):
+            batch = [items[i] for i in order[b * batch_size : (b + 1) * batch_size]]
+            input_ids, attention_mask, completion_ids, completion_mask = pack_pairs(batch, tokenizer.pad_token_id, model.device)
+            with autocast:
+                logp = completion_logprobs(model, input_ids, attention_mask, completion_ids, temperature=1.0).float()  # (B, Tc)
+            n_tokens = completion_mask.sum()
+            loss = -(logp * completion_mask).sum() / n_tokens
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            history.append({"epoch": epoch, "step": len(history), "loss": float(loss.detach()), "tokens": float(n_tokens)})
+    return history
