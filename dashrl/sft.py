@@ -25,10 +25,10 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from dashrl.evaluation import evaluate
 from dashrl.losses import completion_logprobs
 from dashrl.models import render_prompt
 from dashrl.params import GraderParams, PromptParams
-from dashrl.rewards import grade_batch
 from dashrl.rollout import RolloutEngine, SamplingConfig, derive_seed
 
 
@@ -54,20 +54,15 @@ def rejection_sampled_examples(
     sampling: SamplingConfig,
     samples_per_problem: int,
 ) -> list[Example]:
-    """The engine's samples that the grader marks correct, at most one per distinct text (SFT-M)."""
-    prompts = [render_prompt(p, tokenizer, prompt) for p in problems["prompt"]]
-    completions = engine.generate(prompts, samples_per_problem, sampling)  # (P, k)
-    flat = [(i, c) for i, group in enumerate(completions) for c in group]
-    references = [problems["answer"].iloc[i] for i, _ in flat]
-    grades = grade_batch([c.text for _, c in flat], references, require_box=grader.require_box, timeout_s=grader.timeout_s)
-    examples, seen = [], set()
-    for (i, completion), grade in zip(flat, grades, strict=True):
-        key = (i, completion.text)
-        if grade.reward == 1.0 and completion.finish_reason == "stop" and key not in seen:
-            seen.add(key)
-            examples.append(Example(problems["id"].iloc[i], prompts[i], completion.text))
-    return examples
+    """The engine's samples that the grader marks correct, at most one per distinct text (SFT-M).
 
+    Sampling and grading are exactly evaluation's (``dashrl.evaluation.evaluate``); truncated
+    samples are dropped even when their answer happens to be right.
+    """
+    rows, _ = evaluate(problems, engine=engine, tokenizer=tokenizer, prompt=prompt, grader=grader,
+                       sampling=sampling, samples_per_problem=samples_per_problem)
+    correct = rows[(rows["reward"] == 1.0) & ~rows["truncated"]].drop_duplicates(["id", "completion"])
+    return [Example(r.id, r.prompt, r.completion) for r in correct.itertuples()]
 
 @dataclass(frozen=True)
 class Tokenized:
