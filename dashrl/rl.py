@@ -51,6 +51,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dashrl.advantages import group_advantages, keep_mask, zero_variance_fraction
+from dashrl.batching import PackedBatch, pack_sequences
 from dashrl.io import atomic_dir, atomic_file
 from dashrl.losses import (
     LossAggregation,
@@ -120,38 +121,15 @@ class Sample:
 
 
 @dataclass
-class MicroBatch:
-    input_ids: torch.Tensor  # (B, Tp + Tc) prompts left-padded, completions right-padded
-    attention_mask: torch.Tensor  # (B, Tp + Tc)
-    completion_ids: torch.Tensor  # (B, Tc)
-    completion_mask: torch.Tensor  # (B, Tc) float, 1 on real completion tokens
+class MicroBatch(PackedBatch):
     advantages: torch.Tensor  # (B,)
-    behaviour_logprobs: torch.Tensor  # (B, Tc) saved at sampling time
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.completion_mask.sum())
 
 
 def pack(samples: list[Sample], pad_id: int, device: torch.device) -> MicroBatch:
-    width_prompt = max(len(s.prompt_ids) for s in samples)
-    width_completion = max(s.completion.n_tokens for s in samples)
-    ids, mask, completion_ids, completion_mask, behaviour = [], [], [], [], []
-    for s in samples:
-        left, right = width_prompt - len(s.prompt_ids), width_completion - s.completion.n_tokens
-        ids.append([pad_id] * left + s.prompt_ids + s.completion.token_ids + [pad_id] * right)
-        mask.append([0] * left + [1] * (len(s.prompt_ids) + s.completion.n_tokens) + [0] * right)
-        completion_ids.append(s.completion.token_ids + [pad_id] * right)
-        completion_mask.append([1.0] * s.completion.n_tokens + [0.0] * right)
-        behaviour.append(list(s.completion.logprobs or [0.0] * s.completion.n_tokens) + [0.0] * right)
-    return MicroBatch(
-        input_ids=torch.tensor(ids, device=device),
-        attention_mask=torch.tensor(mask, device=device),
-        completion_ids=torch.tensor(completion_ids, device=device),
-        completion_mask=torch.tensor(completion_mask, device=device),
-        advantages=torch.tensor([s.advantage for s in samples], dtype=torch.float32, device=device),
-        behaviour_logprobs=torch.tensor(behaviour, dtype=torch.float32, device=device),
-    )
+    packed = pack_sequences([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples], pad_id, device,
+                            behaviour_logprobs=[s.completion.logprobs for s in samples])
+    advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32, device=device)  # (B,)
+    return MicroBatch(**vars(packed), advantages=advantages)
 
 
 def micro_batches(samples: list[Sample], size: int) -> list[list[Sample]]:
@@ -340,6 +318,7 @@ def optimizer_step(run: RLRun, counts: StepCounts, stats: dict[str, float]) -> N
     stats["updates"] += 1
     if all(p.grad is None for p in params):
         stats["skipped_optimizer_steps"] += 1  # every sample was filtered out: nothing to learn from
+        run.optimizer.step()  # a no-op without gradients (AdamW skips them); keeps the schedule in step
         run.scheduler.step()
         return
     for p in params:

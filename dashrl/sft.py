@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from dashrl.batching import pack_sequences
 from dashrl.evaluation import evaluate
 from dashrl.losses import completion_logprobs
 from dashrl.models import render_prompt
@@ -83,21 +84,6 @@ def tokenize(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, ma
     return out
 
 
-def pack_pairs(items: Sequence[Tokenized], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Prompts left-padded, completions right-padded: (input_ids, attention_mask, completion_ids, completion_mask)."""
-    width_p = max(len(x.prompt_ids) for x in items)
-    width_c = max(len(x.completion_ids) for x in items)
-    ids, mask, comp, comp_mask = [], [], [], []
-    for x in items:
-        left, right = width_p - len(x.prompt_ids), width_c - len(x.completion_ids)
-        ids.append([pad_id] * left + x.prompt_ids + x.completion_ids + [pad_id] * right)
-        mask.append([0] * left + [1] * (len(x.prompt_ids) + len(x.completion_ids)) + [0] * right)
-        comp.append(x.completion_ids + [pad_id] * right)
-        comp_mask.append([1.0] * len(x.completion_ids) + [0.0] * right)
-    as_tensor = lambda rows, dtype=torch.long: torch.tensor(rows, dtype=dtype, device=device)  # noqa: E731
-    return as_tensor(ids), as_tensor(mask), as_tensor(comp), as_tensor(comp_mask, torch.float32)  # (B, Tp+Tc) x2, (B, Tc) x2
-
-
 def sft_train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -125,11 +111,13 @@ def sft_train(
         order = np.random.default_rng(derive_seed(seed, epoch)).permutation(len(items))
         for b in range(steps_per_epoch):
             batch = [items[i] for i in order[b * batch_size : (b + 1) * batch_size]]
-            input_ids, attention_mask, completion_ids, completion_mask = pack_pairs(batch, tokenizer.pad_token_id, model.device)
+            packed = pack_sequences([x.prompt_ids for x in batch], [x.completion_ids for x in batch],
+                                    tokenizer.pad_token_id, model.device)
             with autocast:
-                logp = completion_logprobs(model, input_ids, attention_mask, completion_ids, temperature=1.0).float()  # (B, Tc)
-            n_tokens = completion_mask.sum()
-            loss = -(logp * completion_mask).sum() / n_tokens
+                logp = completion_logprobs(model, packed.input_ids, packed.attention_mask, packed.completion_ids,
+                                           temperature=1.0).float()  # (B, Tc)
+            n_tokens = packed.completion_mask.sum()
+            loss = -(logp * packed.completion_mask).sum() / n_tokens
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
             optimizer.step()

@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
+from dashrl.batching import pack_sequences
 from dashrl.models import load_model, load_tokenizer
 from dashrl.params import GraderParams, PromptParams
 from dashrl.rollout import Completion, GenerationStats, SamplingConfig
 from dashrl.sft import (
     Example,
-    pack_pairs,
     reference_examples,
     rejection_sampled_examples,
     sft_train,
@@ -37,9 +37,9 @@ def test_loss_is_on_completion_tokens_only(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir)
     items = tokenize([Example("a", "some prompt", "xyz")], tokenizer, max_length=64)
     assert items[0].completion_ids == tokenizer("xyz", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    _, attention_mask, completion_ids, completion_mask = pack_pairs(items, tokenizer.pad_token_id, torch.device("cpu"))
-    assert completion_mask.sum() == len(items[0].completion_ids) == completion_ids.shape[1]
-    assert attention_mask.sum() == len(items[0].prompt_ids) + len(items[0].completion_ids)
+    packed = pack_sequences([items[0].prompt_ids], [items[0].completion_ids], tokenizer.pad_token_id, torch.device("cpu"))
+    assert packed.completion_mask.sum() == len(items[0].completion_ids) == packed.completion_ids.shape[1]
+    assert packed.attention_mask.sum() == len(items[0].prompt_ids) + len(items[0].completion_ids)
 
 
 def test_truncation_and_a_prompt_longer_than_max_length(tiny_tokenizer):
