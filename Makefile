@@ -1,11 +1,14 @@
 # dashrl: two commands on a fresh machine.
 #   make run   create .venv, install everything, initialise DVC if needed, run the pipeline (dvc repro)
+#              make run PROFILE=full         the paper's whole matrix on the embedded default
+#              make run PROFILE="full paper" the paper's setting (GPU, vLLM, Qwen2.5): see README
 #   make test  create .venv if missing, run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PROFILE ?=
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -24,6 +27,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	test -d .dvc || (dvc init --quiet && dvc config core.analytics false)
+	$(if $(strip $(PROFILE)),$(BIN)/python -m dashrl.profiles $(PROFILE))
 	dvc repro
 
 test: $(STAMP)

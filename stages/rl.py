@@ -5,7 +5,7 @@
 Reads ``data/models/<init_from>`` and ``data/prepared/<dataset>/train.parquet``; writes the final
 policy ``data/models/<run>/`` (input of evaluate), ``data/rl/<run>/rollouts/`` (one parquet per
 step), ``metrics.jsonl`` (per step, DVC plots), ``summary.json`` (DVC metrics), ``curves.png``.
-``data/rl/<run>/work/`` keeps checkpoints so a killed run resumes where it stopped.
+``data/work/rl/<run>/`` keeps checkpoints so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
