@@ -26,7 +26,7 @@ from dashrl.data import generate_arith, write_problems
 from dashrl.distributed import World, init_from_env, teardown
 from dashrl.models import load_tokenizer
 from dashrl.params import check_rl_run
-from dashrl.rl import RLRun, StepOutput, build_run, rl_step, train
+from dashrl.rl import RLRun, StepOutput, build_run, make_engine, rl_step, train
 from dashrl.rollout import Completion, GenerationStats, SamplingConfig
 
 # 8 prompts x G = 4 per step: 4 prompts (16 sequences, 4 micro-batches of 4) per rank with 2 ranks.
@@ -43,7 +43,11 @@ SCENARIOS: dict[str, dict] = {
     # filtered is skipped by both).
     "ppo": {**GEOMETRY, "ppo_epochs": 2, "optimizer_steps_per_rollout": 4, "loss_agg": "bnpo", "grad_clip": 0.0,
             "lr": 0.1},
+    # Standard GRPO sampled by the real HF engine: per-micro-step seeds are numbered over the whole
+    # step, so 2 processes sample exactly what one samples (same weights, prompts and seeds).
+    "grpo_sampled": {**GEOMETRY, "sampling": "per_micro_batch", "loss_agg": "dr_grpo", "grad_clip": 0.0, "lr": 1.0},
 }
+SAMPLED = {"grpo_sampled"}  # scenarios that keep the HF engine (the others use FixedEngine)
 # train() end to end (AdamW, checkpoints, metrics.jsonl, rollouts).
 TRAIN = {**GEOMETRY, "steps": 2, "checkpoint_every": 1, "lr": 1e-3}
 
@@ -94,7 +98,8 @@ def run_updates(name: str, model_dir: Path, world: World) -> tuple[RLRun, list[S
     tokenizer = load_tokenizer(model_dir)
     run = build_run(cfg=cfg, prompt=PROMPT, grader=GRADER, weights_dir=model_dir, init_dir=model_dir,
                     tokenizer=tokenizer, problems=problems(), world=world)
-    run.engine = FixedEngine(tokenizer)
+    # make_engine as imported here: the library's, even where dashrl.rl.make_engine is patched.
+    run.engine = make_engine(cfg, run.policy, tokenizer) if name in SAMPLED else FixedEngine(tokenizer)
     run.optimizer = torch.optim.SGD(run.policy.parameters(), lr=cfg.lr)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
     return run, [rl_step(run, step) for step in range(cfg.steps)]
@@ -115,6 +120,7 @@ def save_result(out_dir: Path, rank: int, run: RLRun, outs: list[StepOutput]) ->
 
 
 def use_fixed_batch() -> None:
+    """Parity rewards everywhere; FixedEngine completions for train()."""
     dashrl.rl.grade_batch = parity_grade_batch
     dashrl.rl.make_engine = lambda cfg, policy, tokenizer: FixedEngine(tokenizer)
 
