@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -169,6 +170,17 @@ class VLLMEngine:
         engine = cls(workdir.name, tokenizer, eos_ids=_eos_ids(policy, tokenizer), **kwargs)
         engine._workdir = workdir  # removed when the engine is garbage-collected
         return engine
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, tokenizer: PreTrainedTokenizerBase, **kwargs: Any) -> VLLMEngine:
+        """Build the engine from a saved model directory (evaluation: no policy in memory)."""
+        from transformers import GenerationConfig
+
+        model_dir = Path(model_dir)
+        has_config = (model_dir / "generation_config.json").is_file()
+        generation_config = GenerationConfig.from_pretrained(model_dir) if has_config else GenerationConfig()
+        eos_ids = _eos_ids(SimpleNamespace(generation_config=generation_config), tokenizer)
+        return cls(model_dir, tokenizer, eos_ids=eos_ids, **kwargs)
 
     def sampling_params(self, n: int, sampling: SamplingConfig, seed: int) -> Any:
         from vllm import SamplingParams
