@@ -210,3 +210,11 @@ def test_rl_step_moves_the_engine_weights(engine, cfg, model_dir, tokenizer, mon
     after = engine_greedy(engine, PROMPTS, 16)
     assert after == [hf_greedy(policy, tokenizer, p, 16) for p in PROMPTS]  # rl_step synced the new weights
     assert after != before
+
+
+def test_engine_from_a_model_dir_matches_hf_greedy(model_dir, tokenizer, policy, engine):
+    """Evaluation's path (``evaluate.generation.engine: vllm``): a second engine built from the saved
+    directory, next to the first one in this process."""
+    second = VLLMEngine.from_model_dir(model_dir, tokenizer, dtype="float32", max_num_seqs=8, seed=0)
+    assert second.eos_ids == [tokenizer.eos_token_id]
+    assert engine_greedy(second, PROMPTS, 16) == [hf_greedy(policy, tokenizer, p, 16) for p in PROMPTS]
