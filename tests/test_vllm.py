@@ -218,3 +218,25 @@ def test_engine_from_a_model_dir_matches_hf_greedy(model_dir, tokenizer, policy,
     second = VLLMEngine.from_model_dir(model_dir, tokenizer, dtype="float32", max_num_seqs=8, seed=0)
     assert second.eos_ids == [tokenizer.eos_token_id]
     assert engine_greedy(second, PROMPTS, 16) == [hf_greedy(policy, tokenizer, p, 16) for p in PROMPTS]
+
+
+def test_bfloat16_engine_syncs_float32_weights(model_dir, tokenizer, policy, engine):
+    """``rollout_dtype: bfloat16`` (the default): float32 policy weights are cast on the way in.
+    The engine's log-probs track the synced policy to bf16 precision, not the weights it started with."""
+    bf16 = VLLMEngine.from_model_dir(model_dir, tokenizer, dtype="bfloat16", max_num_seqs=16, seed=0)
+    updated = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p in updated.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    bf16.sync_weights(updated)
+    sampling = SamplingConfig(temperature=0.7, max_new_tokens=12, seed=11)
+    out = bf16.generate(PROMPTS, 2, sampling)
+    gap_new, gap_old = [], []
+    for prompt, row in zip(PROMPTS, out, strict=True):
+        for c in row:
+            engine_logp = torch.tensor(c.logprobs)  # (Tc,)
+            gap_new.append((engine_logp - trainer_logprobs(updated, tokenizer, prompt, c.token_ids, sampling)).abs().mean())
+            gap_old.append((engine_logp - trainer_logprobs(policy, tokenizer, prompt, c.token_ids, sampling)).abs().mean())
+    gap_new, gap_old = float(torch.stack(gap_new).mean()), float(torch.stack(gap_old).mean())
+    assert gap_new < 0.05, gap_new
+    assert gap_old > 4 * gap_new, (gap_old, gap_new)
