@@ -30,6 +30,10 @@ reference (no pickling; on a GPU the copy is device to device). With ``tensor_pa
 vLLM runs worker processes and the weights travel to them as CPU tensors over its RPC channel
 (slower; not exercised by the tests here). One engine per process: no data-parallel engines.
 
+Expected log noise: "Chat template warmup failed" at start-up (vLLM has no tokenizer here, by
+design: ``skip_tokenizer_init``), and "RotaryEmbedding / ParallelLMHead: Failed to load weights" at
+each sync (no checkpoint tensors for them: rotary tables are computed; a tied head is re-tied).
+
 vllm is imported lazily: this module imports without it.
 """
 
