@@ -1,5 +1,7 @@
 # dashrl: two commands on a fresh machine.
 #   make run   create .venv, install everything, initialise DVC if needed, run the pipeline (dvc repro)
+#              make run PROFILE=full         the paper's whole matrix on the embedded default
+#              make run PROFILE="full paper" the paper's setting (GPU, vLLM, Qwen2.5): see README
 #   make test  create .venv if missing, run the test suite
 #   make test-vllm  create .venv-vllm (vLLM's CPU build) if missing, run the opt-in vLLM engine tests
 SHELL := /bin/bash
@@ -7,6 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PROFILE ?=
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -49,6 +52,7 @@ test-vllm: $(VLLM_STAMP)
 
 run: $(STAMP)
 	test -d .dvc || (dvc init --quiet && dvc config core.analytics false)
+	$(if $(strip $(PROFILE)),$(BIN)/python -m dashrl.profiles $(PROFILE))
 	dvc repro
 
 test: $(STAMP)

@@ -89,15 +89,60 @@ class GenerationParams:
 
 
 @dataclass(frozen=True)
+class PassKParams:
+    """Fig. 5: pass@k against k, from ``samples_per_problem`` samples on the first ``max_problems``."""
+
+    models: list[str]  # subset of evaluate.models (one stage `passk@<model>-<benchmark>` each)
+    samples_per_problem: int  # n: pass@k is reported for k = 1, 2, 4, ... n
+    max_problems: int | None
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     models: list[str]  # model directories under data/models/
     benchmarks: list[str]  # prepared datasets whose test split is evaluated
     generation: GenerationParams
+    pass_k: PassKParams
 
 
 @dataclass(frozen=True)
 class ReportParams:
     plot_dpi: int
+
+
+@dataclass(frozen=True)
+class SFTRunParams:
+    """One SFT run: ``sft.common`` with the run's own keys from ``sft.runs.<name>`` on top."""
+
+    source: Literal["reference", "self"]  # reference: the split's worked solutions (SFT-H);
+    # self: rejection sampling, the teacher's own correct samples (SFT-M analogue)
+    init_from: str  # model directory under data/models/ that is fine-tuned
+    teacher: str | None  # source: self: model directory under data/models/ or a Hub id/path (None: init_from)
+    dataset: str  # prepared dataset whose train split gives the problems
+    train_levels: list[int] | None  # keep only problems of these levels (None: all)
+    max_problems: int | None  # first N problems of the (seeded-shuffled) split; None: all
+    samples_per_problem: int  # source: self: teacher samples per problem (distinct correct ones are kept)
+    temperature: float  # source: self: teacher sampling
+    top_p: float
+    max_new_tokens: int
+    sampling_batch_rows: int
+    lr: float
+    epochs: int
+    batch_size: int  # sequences per optimizer step
+    max_length: int  # prompt + completion tokens; longer completions are cut
+    train_dtype: Literal["float32", "bfloat16"]
+    seed: int
+
+
+@dataclass(frozen=True)
+class SFTParams:
+    common: dict[str, Any]
+    runs: dict[str, dict[str, Any]]
+
+    def run(self, name: str) -> SFTRunParams:
+        if name not in self.runs:
+            raise ParamsError(f"sft.runs: {name!r}: no such run (runs: {', '.join(self.runs) or 'none'})")
+        return _sft_run(self, name)
 
 
 @dataclass(frozen=True)
@@ -166,6 +211,7 @@ class Params:
     grader: GraderParams
     prepare: PrepareParams
     model: ModelParams
+    sft: SFTParams
     rl: RLParams
     evaluate: EvaluateParams
     report: ReportParams
@@ -283,26 +329,75 @@ def _check_cross_section(p: Params) -> None:
         require(name in p.prepare.datasets, "evaluate.benchmarks", name, "is not prepared: add it to prepare.datasets")
     require(len(set(p.evaluate.models)) == len(p.evaluate.models), "evaluate.models", p.evaluate.models, "has duplicates")
     require(p.report.plot_dpi > 0, "report.plot_dpi", p.report.plot_dpi, "must be > 0")
+    producers = {"base", *p.sft.runs, *p.rl.runs}  # model directories some stage writes
+    overlap = set(p.sft.runs) & set(p.rl.runs) | ({"base"} & (set(p.sft.runs) | set(p.rl.runs)))
+    require(not overlap, "sft.runs/rl.runs", sorted(overlap), "names must be unique (each names a model directory)")
+    for name in p.sft.runs:
+        run = p.sft.run(name)
+        require(run.dataset in p.prepare.datasets, f"sft.runs.{name}.dataset", run.dataset, "is not prepared: add it to prepare.datasets")
+        require(run.init_from in {"base", *p.rl.runs}, f"sft.runs.{name}.init_from", run.init_from,
+                f"must be base or an rl run ({', '.join(['base', *p.rl.runs])})")
+        require(run.teacher is None or run.teacher != name, f"sft.runs.{name}.teacher", run.teacher, "a run cannot teach itself")
     for name in p.rl.runs:
         run = p.rl.run(name)
         require(run.dataset in p.prepare.datasets, f"rl.runs.{name}.dataset", run.dataset, "is not prepared: add it to prepare.datasets")
+        require(run.init_from in {"base", *p.sft.runs}, f"rl.runs.{name}.init_from", run.init_from,
+                f"must be base or an sft run ({', '.join(['base', *p.sft.runs])})")
+    for model in p.evaluate.models:
+        require(model in producers, "evaluate.models", model, f"no stage writes it (valid: {', '.join(sorted(producers))})")
+    k = p.evaluate.pass_k
+    for model in k.models:
+        require(model in p.evaluate.models, "evaluate.pass_k.models", model, "must also be in evaluate.models")
+    require(k.samples_per_problem >= 2, "evaluate.pass_k.samples_per_problem", k.samples_per_problem, "must be >= 2")
+    require(k.max_problems is None or k.max_problems >= 1, "evaluate.pass_k.max_problems", k.max_problems, "must be >= 1 or null")
+    require(not k.models or g.temperature > 0, "evaluate.generation.temperature", g.temperature, "pass@k needs sampling (> 0)")
+
+
+def _merge_run(section: str, common: Mapping[str, Any], runs: Mapping[str, Any], name: str, cls: type,
+               fixed: tuple[str, ...] = ("dataset",)) -> Any:
+    """``<section>.common`` + ``<section>.runs.<name>``, with unknown keys named by where they are."""
+    overrides = runs[name] or {}
+    if not isinstance(overrides, Mapping):
+        raise ParamsError(f"params.yaml: {section}.runs.{name}: expected a mapping, got {overrides!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    for source, keys in ((f"{section}.common", common), (f"{section}.runs.{name}", overrides)):
+        unknown = sorted(set(keys) - known)
+        if unknown:
+            raise ParamsError(f"params.yaml: {source}.{unknown[0]}: unknown key (valid: {', '.join(sorted(known))})")
+    for key in fixed:  # dvc.yaml names these paths through <section>.common
+        if key in overrides and overrides[key] != common.get(key):
+            raise ParamsError(f"params.yaml: {section}.runs.{name}.{key}: {overrides[key]!r}: set it in {section}.common "
+                              f"(all {section} runs share it; dvc.yaml depends on it)")
+    return from_mapping(cls, {**common, **overrides}, where="params.yaml", key=f"{section}.runs.{name}")
+
+
+def _sft_run(sft: SFTParams, name: str) -> SFTRunParams:
+    run = _merge_run("sft", sft.common, sft.runs, name, SFTRunParams, fixed=("dataset", "init_from"))
+
+    def require(ok: bool, field: str, value: Any, why: str) -> None:
+        if not ok:
+            raise ParamsError(f"params.yaml: sft.runs.{name}.{field}: {value!r}: {why}")
+
+    require(run.lr > 0, "lr", run.lr, "must be > 0")
+    require(run.epochs >= 1, "epochs", run.epochs, "must be >= 1")
+    require(run.batch_size >= 1, "batch_size", run.batch_size, "must be >= 1")
+    require(run.max_length >= 2, "max_length", run.max_length, "must be >= 2")
+    require(run.max_problems is None or run.max_problems >= 1, "max_problems", run.max_problems, "must be >= 1 or null")
+    require(run.samples_per_problem >= 1, "samples_per_problem", run.samples_per_problem, "must be >= 1")
+    require(run.temperature > 0 or run.samples_per_problem == 1, "temperature", run.temperature,
+            "greedy sampling gives identical samples: use samples_per_problem 1 or a temperature > 0")
+    require(0 < run.top_p <= 1, "top_p", run.top_p, "must be in (0, 1]")
+    require(run.max_new_tokens >= 1, "max_new_tokens", run.max_new_tokens, "must be >= 1")
+    require(run.sampling_batch_rows >= 1, "sampling_batch_rows", run.sampling_batch_rows, "must be >= 1")
+    require(run.source == "self" or run.teacher is None, "teacher", run.teacher, "only source: self samples from a teacher")
+    return run
 
 
 def _rl_run(rl: RLParams, name: str) -> RLRunParams:
     """Merge and validate one run; every check here runs at load time, before any work."""
-    overrides = rl.runs[name] or {}
-    if not isinstance(overrides, Mapping):
-        raise ParamsError(f"params.yaml: rl.runs.{name}: expected a mapping, got {overrides!r}")
-    known = {f.name for f in dataclasses.fields(RLRunParams)}
-    for source, keys in (("rl.common", rl.common), (f"rl.runs.{name}", overrides)):
-        unknown = sorted(set(keys) - known)
-        if unknown:
-            raise ParamsError(f"params.yaml: {source}.{unknown[0]}: unknown key (valid: {', '.join(sorted(known))})")
-    if "dataset" in overrides and overrides["dataset"] != rl.common.get("dataset"):
-        raise ParamsError(f"params.yaml: rl.runs.{name}.dataset: all runs train on rl.common.dataset (dvc.yaml depends on it)")
-    if "init_from" not in overrides:
+    if "init_from" not in (rl.runs[name] or {}):
         raise ParamsError(f"params.yaml: rl.runs.{name}.init_from: missing key (each run names its initial model)")
-    run = from_mapping(RLRunParams, {**rl.common, **overrides}, where="params.yaml", key=f"rl.runs.{name}")
+    run = _merge_run("rl", rl.common, rl.runs, name, RLRunParams)
     check_rl_run(run, f"rl.runs.{name}")
     return run
 
@@ -390,8 +485,11 @@ __all__ = [
     "PrepareParams",
     "PromptParams",
     "PublicDatasetParams",
+    "PassKParams",
     "RLParams",
     "RLRunParams",
+    "SFTParams",
+    "SFTRunParams",
     "ReportParams",
     "from_mapping",
     "load_params",

@@ -8,6 +8,7 @@ the paths it is given.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 TABLE_COLUMNS = (
@@ -128,7 +130,206 @@ def plot_rl_curves(runs: Mapping[str, list[Mapping[str, Any]]], path: str | Path
         bottom = [b + s for b, s in zip(bottom, seconds, strict=True)]
     ax_time.set(title="wall time by phase (whole run)", ylabel="seconds")
     for ax in (ax_reward, ax_kept, ax_length, ax_time):
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi, format="png")
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+# The paper's tables and figures (DASH.md §4), from the runs' recorded metrics.
+# Rows are the matrix's named configurations; a configuration that was not run in this profile
+# keeps its row with empty cells and "not run" in `status`, so a table never silently shrinks.
+
+PAPER_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "table1": ("Table 1: base vs SFT vs DASH (accuracy, 1 sample per problem)", ("base", "sft_h", "sft_m", "dash")),
+    "table3": ("Table 3: standard GRPO vs DASH without filtering vs DASH (time and accuracy)", ("grpo", "no_gf", "dash")),
+    "table5": ("Table 5: policy gradient (DASH) vs PPO-Multi vs PPO-Mini", ("dash", "ppo_multi", "ppo_mini")),
+    "table6": ("Table 6: DASH with KL (beta > 0) vs without (No-KL)", ("dash", "no_kl")),
+}
+
+
+@dataclass
+class RunResults:
+    """Everything the report reads, keyed by configuration name (and benchmark)."""
+
+    benchmarks: list[str]
+    evals: dict[tuple[str, str], dict[str, Any]]  # (model, benchmark) -> evaluate metrics
+    passk: dict[tuple[str, str], dict[str, Any]]  # (model, benchmark) -> pass@k metrics
+    rl_summary: dict[str, dict[str, Any]]  # run -> data/rl/<run>/summary.json
+    rl_steps: dict[str, list[dict[str, Any]]]  # run -> metrics.jsonl rows
+    sft_summary: dict[str, dict[str, Any]]  # run -> data/sft/<run>/summary.json
+
+
+def _accuracy_columns(results: RunResults, name: str) -> dict[str, Any]:
+    return {f"accuracy_{b}": results.evals.get((name, b), {}).get("accuracy") for b in results.benchmarks}
+
+
+def _status(results: RunResults, name: str) -> str:
+    trained = name == "base" or name in results.rl_summary or name in results.sft_summary
+    evaluated = any((name, b) in results.evals for b in results.benchmarks)
+    return "ok" if trained and evaluated else ("trained, not evaluated" if trained else "not run")
+
+
+def paper_table(results: RunResults, table: str) -> pd.DataFrame:
+    """One of the paper's tables as a DataFrame (columns depend on the table)."""
+    _, names = PAPER_TABLES[table]
+    rows = []
+    for name in names:
+        row: dict[str, Any] = {"config": name, "status": _status(results, name), **_accuracy_columns(results, name)}
+        rl = results.rl_summary.get(name, {})
+        if table == "table1":
+            sft = results.sft_summary.get(name, {})
+            row["train_wall_s"] = rl.get("train_wall_s", sft.get("stage_wall_s"))
+            row["sft_examples"] = sft.get("examples")
+        if table in ("table3", "table5", "table6"):
+            row["train_wall_s"] = rl.get("train_wall_s")
+            row["steps"] = rl.get("steps")
+            row["reward_last_steps"] = rl.get("reward_last_steps")
+        if table == "table3":
+            row["sampling_s"] = rl.get("total_sampling_s")
+            row["gradient_update_s"] = _gradient_update_s(rl) if rl else None
+            row["kept_fraction"] = rl.get("kept_fraction_mean")
+        if table == "table5":
+            row["optimizer_steps"] = sum(m["optimizer_steps"] for m in results.rl_steps.get(name, [])) or None
+            row["reward_std_over_steps"] = (float(np.std([m["reward_mean"] for m in results.rl_steps[name]]))
+                                            if name in results.rl_steps else None)
+        if table == "table6":
+            for b in results.benchmarks:
+                row[f"eval_completion_tokens_{b}"] = results.evals.get((name, b), {}).get("completion_tokens_mean")
+            row["train_completion_tokens_last_steps"] = rl.get("completion_tokens_last_steps")
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if table == "table3" and frame["train_wall_s"].notna().any():
+        reference = frame.set_index("config")["train_wall_s"].get("grpo")
+        frame["time_vs_grpo"] = frame["train_wall_s"] / reference if reference and not pd.isna(reference) else None
+    return frame
+
+
+def _gradient_update_s(summary: dict[str, Any]) -> float:
+    return float(summary.get("total_forward_backward_s", 0.0) + summary.get("total_optimizer_s", 0.0))
+
+
+def _save(fig: Any, path: str | Path, dpi: int) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi, format="png")
+    plt.close(fig)
+
+
+def _missing_note(ax: Any, missing: list[str]) -> None:
+    if missing:
+        ax.text(0.99, 0.01, "not run in this profile: " + ", ".join(missing), transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=7, color="0.4")
+
+
+def plot_time_split(results: RunResults, path: str | Path, dpi: int = 120) -> None:
+    """Fig. 1: training wall time split into sampling, gradient update and the rest (GRPO vs DASH)."""
+    names = [n for n in ("grpo", "no_gf", "dash") if n in results.rl_summary]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    left = np.zeros(len(names))
+    parts = {
+        "sampling (inference)": [results.rl_summary[n].get("total_sampling_s", 0.0) for n in names],
+        "gradient update (fwd+bwd+optimizer)": [_gradient_update_s(results.rl_summary[n]) for n in names],
+        "other (reward, weight sync)": [results.rl_summary[n]["train_wall_s"] - results.rl_summary[n].get("total_sampling_s", 0.0)
+                                        - _gradient_update_s(results.rl_summary[n]) for n in names],
+    }
+    for label, seconds in parts.items():
+        ax.barh(names, seconds, left=left, label=label)
+        left = left + np.array(seconds)
+    for i, total in enumerate(left):
+        ax.text(total, i, f" {total / 60:.1f} min", va="center", fontsize=8)
+    ax.set_xlabel("training wall time (s)")
+    ax.set_xlim(0, max(left.max() * 1.2, 1) if len(left) else 1)
+    ax.set_title("Fig. 1: where the training time goes")
+    ax.legend(fontsize=7, loc="lower right" if len(names) < 2 else "best")
+    _missing_note(ax, [n for n in ("grpo", "dash") if n not in results.rl_summary])
+    _save(fig, path, dpi)
+
+
+def plot_filtering(results: RunResults, path: str | Path, dpi: int = 120) -> None:
+    """Fig. 3: mean |A| of the samples used for the update, and backprop time, with and without GF."""
+    without = next((n for n in ("no_gf", "grpo") if n in results.rl_steps), None)
+    runs = [n for n in ("dash", without) if n in results.rl_steps]
+    fig, (ax_adv, ax_time) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name in runs:
+        steps = results.rl_steps[name]
+        label = f"{name} ({'with' if name == 'dash' else 'without'} filtering)"
+        x = [m["step"] + 1 for m in steps]
+        ax_adv.plot(x, [m["mean_abs_advantage_kept"] for m in steps], marker=".", label=label)
+        ax_time.plot(x, [m["time_forward_backward_s"] for m in steps], marker=".", label=label)
+    ax_adv.set(title="mean |A| of samples used in the update", xlabel="step", ylabel="mean |advantage|")
+    ax_time.set(title="loss computation time (forward + backward)", xlabel="step", ylabel="seconds per step")
+    for ax in (ax_adv, ax_time):
+        if ax.lines:
+            ax.legend(fontsize=7)
+    _missing_note(ax_adv, [n for n in ("dash", "no_gf") if n not in results.rl_steps])
+    fig.suptitle("Fig. 3: gradient filtering", fontsize=10)
+    _save(fig, path, dpi)
+
+
+def plot_reward_vs_time(results: RunResults, path: str | Path, dpi: int = 120) -> None:
+    """Fig. 4: training reward against wall-clock time, policy gradient vs PPO variants."""
+    names = ("dash", "ppo_multi", "ppo_mini")
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name in names:
+        if name not in results.rl_steps:
+            continue
+        steps = results.rl_steps[name]
+        minutes = np.cumsum([m["time_step_s"] for m in steps]) / 60
+        rewards = pd.Series([m["reward_mean"] for m in steps])
+        line = ax.plot(minutes, rewards, marker=".", alpha=0.4)[0]
+        ax.plot(minutes, rewards.rolling(3, min_periods=1).mean(), color=line.get_color(),
+                label=f"{name} ({'policy gradient' if name == 'dash' else 'PPO'})")
+    ax.set(title="Fig. 4: reward vs wall-clock (dots: step, line: 3-step mean)", xlabel="minutes", ylabel="training reward")
+    if ax.lines:
+        ax.legend(fontsize=7)
+    _missing_note(ax, [n for n in names if n not in results.rl_steps])
+    _save(fig, path, dpi)
+
+
+def plot_pass_at_k(results: RunResults, path: str | Path, dpi: int = 120) -> None:
+    """Fig. 5: pass@k against k (log scale), one line per (model, benchmark)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for (model, benchmark), m in sorted(results.passk.items()):
+        ks = sorted(int(key.split("@")[1]) for key in m if key.startswith("pass@"))
+        if ks:
+            ax.plot(ks, [m[f"pass@{k}"] for k in ks], marker="o", label=f"{model} / {benchmark}")
+    ax.set_xscale("log", base=2)
+    ax.set(title="Fig. 5: pass@k", xlabel="k (samples per problem)", ylabel="pass@k", ylim=(0, 1))
+    if ax.lines:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no pass@k evaluation (evaluate.pass_k.models)", ha="center", transform=ax.transAxes)
+    _save(fig, path, dpi)
+
+
+def plot_kl_curves(results: RunResults, path: str | Path, dpi: int = 120) -> None:
+    """Fig. 6: training reward and mean completion length over training, with and without KL."""
+    names = ("dash", "no_kl")
+    fig, (ax_reward, ax_length) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name in names:
+        if name not in results.rl_steps:
+            continue
+        steps = results.rl_steps[name]
+        x = [m["step"] + 1 for m in steps]
+        label = f"{name} ({'KL' if name == 'dash' else 'no KL'})"
+        rewards = pd.Series([m["reward_mean"] for m in steps]).rolling(3, min_periods=1).mean()
+        ax_reward.plot(x, rewards, label=label)
+        ax_length.plot(x, [m["completion_tokens_mean"] for m in steps], marker=".", label=label)
+    ax_reward.set(title="training reward (3-step mean)", xlabel="step", ylabel="reward")
+    ax_length.set(title="mean completion length", xlabel="step", ylabel="tokens")
+    for ax in (ax_reward, ax_length):
+        if ax.lines:
+            ax.legend(fontsize=7)
+    _missing_note(ax_length, [n for n in names if n not in results.rl_steps])
+    fig.suptitle("Fig. 6: with and without the KL term", fontsize=10)
+    _save(fig, path, dpi)
+
+
+def plot_sft_loss(run: str, history: list[dict[str, Any]], path: str | Path, dpi: int = 120) -> None:
+    """Training loss (mean NLL per completion token) per optimizer step of one SFT run."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot([h["step"] + 1 for h in history], [h["loss"] for h in history], marker=".")
+    ax.set(title=f"sft@{run}: training loss", xlabel="optimizer step", ylabel="NLL per completion token")
+    _save(fig, path, dpi)

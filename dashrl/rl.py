@@ -16,6 +16,13 @@ One rollout step, in the paper's order (DASH.md §2-3):
                  optimizer_steps_per_rollout steps).
   7) sync        the engine's copy of the weights.
 
+Data parallel (``torchrun``, ``dashrl.distributed``): W processes each hold the whole model. Each
+samples and scores its own contiguous share of the step's P prompts (whole groups), back-propagates
+its own kept samples, and before every optimizer step the processes sum their gradients and step
+counts: every process divides the same summed gradient by the normaliser of the WHOLE step and
+takes the same step, so W processes make the update one process makes on the same samples (up to
+float summation order). Rank 0 writes checkpoints, rollouts and metrics of the whole step.
+
 How it departs from the authors' code (a patched TRL GRPOTrainer, DASH.md §5):
   - filtering happens before the forward pass (theirs after it, saving almost nothing);
   - the normaliser is explicit (filter_norm: original keeps tau = 0 lossless; kept = a larger lr);
@@ -52,6 +59,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dashrl.advantages import group_advantages, keep_mask, zero_variance_fraction
 from dashrl.batching import PackedBatch, pack_sequences
+from dashrl.distributed import SINGLE, World
 from dashrl.io import atomic_dir, atomic_file
 from dashrl.losses import (
     LossAggregation,
@@ -177,6 +185,7 @@ class RLRun:
     schedule: PromptSchedule
     total_steps: int
     reference: PreTrainedModel | None = None
+    world: World = SINGLE  # the processes training this model together (one by default)
 
     @property
     def aggregation(self) -> LossAggregation:
@@ -215,10 +224,13 @@ def rl_step(run: RLRun, step: int) -> StepOutput:
     stats: dict[str, float] = defaultdict(float)
     step_start = time.perf_counter()
     problems = run.schedule.batch(step)  # P rows
+    mine = run.world.shard(cfg.prompts_per_step)  # this process's prompts (all P in a single process)
 
     if cfg.sampling == "preemptive":
-        # 1-4) sample the whole step at once, score, filter; the survivors wait in memory.
-        samples = sample_and_score(run, problems, step, unit=0, timer=timer, stats=stats)
+        # 1-4) sample the whole step (this process's share) at once, score, filter; the survivors
+        # wait in memory. Process r draws from seed (seed, step, r).
+        samples = sample_and_score(run, problems.iloc[mine.start : mine.stop], step, unit=run.world.rank, timer=timer,
+                                   stats=stats, offset=mine.start)
         # 5-6) backprop in small micro-batches; PPO variants reuse the same samples.
         prompts_per_update = cfg.prompts_per_step // cfg.optimizer_steps_per_rollout
         for _epoch in range(cfg.ppo_epochs):
@@ -231,9 +243,11 @@ def rl_step(run: RLRun, step: int) -> StepOutput:
                     optimizer_step(run, step_counts(update, cfg.max_new_tokens, cfg.filter_norm), stats)
     else:
         # Standard GRPO: generate inside each accumulation micro-step, at the backprop batch size.
+        # Units are numbered over the whole step: W processes sample what one process samples.
         samples = []
         prompts_per_micro = cfg.micro_batch_size // cfg.group_size
-        for unit, lo in enumerate(range(0, cfg.prompts_per_step, prompts_per_micro)):
+        for lo in range(mine.start, mine.stop, prompts_per_micro):
+            unit = lo // prompts_per_micro
             chunk = sample_and_score(run, problems.iloc[lo : lo + prompts_per_micro], step, unit, timer, stats, offset=lo)
             kept = [s for s in chunk if s.kept]
             if kept:
@@ -247,6 +261,7 @@ def rl_step(run: RLRun, step: int) -> StepOutput:
     with timer("weight_sync"):
         run.engine.sync_weights(run.policy)
 
+    samples = gather_step(run, samples, stats, timer)  # the whole step, on every process
     metrics = step_metrics(run, step, samples, stats, timer, time.perf_counter() - step_start)
     return StepOutput(metrics=metrics, rollouts=rollout_frame(step, samples))
 
@@ -311,8 +326,15 @@ def backward(run: RLRun, samples: list[Sample], stats: dict[str, float]) -> None
 
 
 def optimizer_step(run: RLRun, counts: StepCounts, stats: dict[str, float]) -> None:
-    """Step 6: normalise the accumulated gradient by the whole update's counts, clip, step."""
+    """Step 6: normalise the accumulated gradient by the whole update's counts, clip, step.
+
+    Data parallel: gradients and counts are first summed over the processes, so every process
+    normalises by the counts of the whole update (all processes' sequences and tokens) and takes the
+    same step. ``counts`` and the loss in ``stats`` are this process's own.
+    """
     params = [p for p in run.policy.parameters() if p.requires_grad]
+    run.world.sum_gradients(params)  # None stays None only where no process has a gradient
+    counts = run.world.sum_counts(counts)
     normaliser = run.aggregation.normaliser(counts)
     stats["loss"] += stats.pop("loss_sum", 0.0) / max(normaliser, 1)
     stats["updates"] += 1
@@ -330,6 +352,21 @@ def optimizer_step(run: RLRun, counts: StepCounts, stats: dict[str, float]) -> N
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     stats["optimizer_steps"] += 1
+
+
+# Statistics each process sums over its own samples; the others (optimizer_steps, grad_norm, ...) are
+# the same on every process. The loss is a per-process sum too: local loss sum / global normaliser.
+PER_PROCESS_SUMS = ("sampled_tokens", "zero_variance_groups", "loss", "kl_sum", "trained_tokens",
+                    "trained_completion_tokens", "clipped_tokens", "logprob_gap_sum", "backward_passes")
+PHASES = ("sampling", "reward", "forward_backward", "optimizer", "weight_sync")
+
+
+def gather_step(run: RLRun, samples: list[Sample], stats: dict[str, float], timer: PhaseTimer) -> list[Sample]:
+    """The whole step's samples (in prompt order) and summed statistics on every process; phase
+    times become the slowest process's. A single process keeps its own."""
+    stats.update(run.world.sum_floats({key: stats[key] for key in PER_PROCESS_SUMS}))
+    timer.seconds.update(run.world.max_floats({phase: timer.seconds[phase] for phase in PHASES}))
+    return run.world.gather_objects(samples)
 
 
 def step_metrics(
@@ -532,13 +569,20 @@ def build_run(
     init_dir: Path,
     tokenizer: PreTrainedTokenizerBase,
     problems: pd.DataFrame,
+    world: World = SINGLE,
 ) -> RLRun:
-    """Policy (from ``weights_dir``), optional frozen reference (``init_dir``), optimizer, schedule, engine."""
+    """Policy (from ``weights_dir``), optional frozen reference (``init_dir``), optimizer, schedule, engine.
+
+    With several processes every one builds the same run on its own device; rank 0's weights are
+    broadcast so that all start from the same parameters.
+    """
+    check_world(cfg, world)
     torch.manual_seed(cfg.seed)
-    policy = load_model(weights_dir, dtype="float32")
+    policy = load_model(weights_dir, dtype="float32", device=str(world.device))
+    world.broadcast_parameters(policy)
     reference = None
     if cfg.kl_coef > 0:
-        reference = load_model(init_dir, dtype="float32").eval().requires_grad_(False)
+        reference = load_model(init_dir, dtype="float32", device=str(world.device)).eval().requires_grad_(False)
     schedule = PromptSchedule(problems, cfg.prompts_per_step, cfg.seed)
     total_steps = cfg.steps if cfg.steps is not None else schedule.steps_for(cfg.epochs)
     total_optimizer_steps = total_steps * cfg.ppo_epochs * cfg.optimizer_steps_per_rollout
@@ -546,7 +590,23 @@ def build_run(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_optimizer_steps))
     return RLRun(cfg=cfg, prompt=prompt, grader=grader, policy=policy, tokenizer=tokenizer,
                  engine=make_engine(cfg, policy, tokenizer), optimizer=optimizer, scheduler=scheduler,
-                 schedule=schedule, total_steps=total_steps, reference=reference)
+                 schedule=schedule, total_steps=total_steps, reference=reference, world=world)
+
+
+def check_world(cfg: RLRunParams, world: World) -> None:
+    """What splitting a step over ``world.size`` processes needs; errors name the param and the value."""
+    p, w = cfg.prompts_per_step, world.size
+    if p % w:
+        raise ValueError(f"prompts_per_step: {p}: not a multiple of the {w} processes (WORLD_SIZE): "
+                         f"each process samples whole groups of an equal share of the step's prompts")
+    prompts_per_micro = cfg.micro_batch_size // cfg.group_size
+    if cfg.sampling == "per_micro_batch" and (p // w) % prompts_per_micro:
+        raise ValueError(f"micro_batch_size: {cfg.micro_batch_size}: sampling: per_micro_batch over {w} processes needs "
+                         f"each process's {p // w} prompts (prompts_per_step / WORLD_SIZE) to be a multiple of "
+                         f"micro_batch_size / group_size = {prompts_per_micro}")
+    if w > 1 and cfg.optimizer_steps_per_rollout > 1:
+        log.warning("optimizer_steps_per_rollout %d over %d processes: each update's prompts lie on a few processes "
+                    "(contiguous shares), the others wait for it", cfg.optimizer_steps_per_rollout, w)
 
 
 def train(
@@ -559,39 +619,55 @@ def train(
     problems: pd.DataFrame,
     train_file: Path,
     work_dir: Path,
+    world: World = SINGLE,
 ) -> RLRun:
     """Run (or resume) an RL run. ``work_dir`` holds checkpoints, per-step rollouts and metrics.jsonl.
 
     A run killed at any point and restarted with the same params, initial model and data resumes
     from its newest checkpoint; anything logged after that checkpoint is discarded and redone.
+    With several processes (``world``) all of them train; rank 0 alone writes to ``work_dir``.
     """
     fingerprint = run_fingerprint(cfg, prompt, grader, init_dir, train_file)
     checkpoint = latest_checkpoint(work_dir, fingerprint)
+    world.barrier()  # every process has found its checkpoint before rank 0 may clear the directory
+
+    run = build_run(cfg=cfg, prompt=prompt, grader=grader, weights_dir=checkpoint or init_dir, init_dir=init_dir,
+                    tokenizer=tokenizer, problems=problems, world=world)
+    start_step = restore_checkpoint(run, checkpoint) if checkpoint else 0
+    world.check_same(start_step, "the step to resume from (all nodes must see the same work_dir)")
+    if world.is_main:
+        start_work_dir(work_dir, checkpoint, start_step, run.total_steps)
+
+    for step in range(start_step, run.total_steps):
+        out = rl_step(run, step)
+        if world.is_main:  # the others hold the same weights and metrics
+            record_step(run, work_dir, out, fingerprint)
+    return run
+
+
+def start_work_dir(work_dir: Path, checkpoint: Path | None, start_step: int, total_steps: int) -> None:
+    """A fresh ``work_dir`` for a new run; for a resumed one, drop what was logged after its checkpoint."""
     if checkpoint is None and work_dir.exists():
         shutil.rmtree(work_dir)  # another run's state: start clean
     (work_dir / "rollouts").mkdir(parents=True, exist_ok=True)
-
-    run = build_run(cfg=cfg, prompt=prompt, grader=grader, weights_dir=checkpoint or init_dir, init_dir=init_dir,
-                    tokenizer=tokenizer, problems=problems)
-    total_steps = run.total_steps
-    start_step = restore_checkpoint(run, checkpoint) if checkpoint else 0
     truncate_logs(work_dir, start_step)
     if start_step:
         log.info("resuming from %s at step %d of %d", checkpoint, start_step, total_steps)
 
-    for step in range(start_step, total_steps):
-        out = rl_step(run, step)
-        out.rollouts.to_parquet(work_dir / "rollouts" / f"step-{step:06d}.parquet", index=False)
-        with (work_dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(out.metrics) + "\n")
-        m = out.metrics
-        log.info("step %d/%d: reward %.3f, kept %d/%d, loss %.4f, %.1f s (sampling %.1f, fwd+bwd %.1f)",
-                 step + 1, total_steps, m["reward_mean"], m["samples_kept"], m["samples"], m["loss"],
-                 m["time_step_s"], m["time_sampling_s"], m["time_forward_backward_s"])
-        done = step + 1
-        if done == total_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-            save_checkpoint(run, work_dir, done, fingerprint)
-    return run
+
+def record_step(run: RLRun, work_dir: Path, out: StepOutput, fingerprint: str) -> None:
+    """Rollouts, a metrics.jsonl line, a log line, and a checkpoint when one is due."""
+    step = out.metrics["step"]
+    out.rollouts.to_parquet(work_dir / "rollouts" / f"step-{step:06d}.parquet", index=False)
+    with (work_dir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(out.metrics) + "\n")
+    m = out.metrics
+    log.info("step %d/%d: reward %.3f, kept %d/%d, loss %.4f, %.1f s (sampling %.1f, fwd+bwd %.1f)",
+             step + 1, run.total_steps, m["reward_mean"], m["samples_kept"], m["samples"], m["loss"],
+             m["time_step_s"], m["time_sampling_s"], m["time_forward_backward_s"])
+    done = step + 1
+    if done == run.total_steps or (run.cfg.checkpoint_every and done % run.cfg.checkpoint_every == 0):
+        save_checkpoint(run, work_dir, done, fingerprint)
 
 
 def truncate_logs(work_dir: Path, start_step: int) -> None:

@@ -10,7 +10,7 @@ The loss is the mean negative log-likelihood of the completion tokens (eos inclu
 full softmax (temperature 1), averaged over all completion tokens of a batch; prompt tokens are
 context only. Batches are shuffled each epoch with a seed.
 
-Not yet a pipeline stage: issue 4 wires it into dvc.yaml as ``sft`` (see the README).
+The pipeline stage is ``stages/sft.py`` (``sft@<run>``, params ``sft.common`` + ``sft.runs``).
 """
 
 from __future__ import annotations

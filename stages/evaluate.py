@@ -1,14 +1,18 @@
-"""Stage `evaluate@<model>-<benchmark>`: sample, grade and summarise one model on one benchmark.
+"""Stages `evaluate@<model>-<benchmark>` and `passk@<model>-<benchmark>`: sample, grade, summarise.
 
-    python -m stages.evaluate --model base --benchmark arith
+    python -m stages.evaluate --model base --benchmark arith             # accuracy (evaluate.generation)
+    python -m stages.evaluate --model base --benchmark arith --pass-k    # pass@k (evaluate.pass_k)
 
-Writes ``data/eval/<model>/<benchmark>/``: ``problems.parquet`` (one row per problem and sample),
-``metrics.json`` (DVC metrics) and ``run.json`` (params, versions, commit).
+Writes ``data/eval/<model>/<benchmark>/`` (or ``data/passk/...``): ``problems.parquet`` (one row
+per problem and sample), ``metrics.json`` (DVC metrics) and ``run.json`` (params, versions, commit).
+The pass@k stage uses the same sampling settings with ``evaluate.pass_k``'s sample count and
+problem subset.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 
 import torch
@@ -25,8 +29,13 @@ from stages.common import setup_logging
 log = logging.getLogger("stages.evaluate")
 
 
-def main(params: Params, model: str, benchmark: str) -> None:
+def main(params: Params, model: str, benchmark: str, pass_k: bool = False) -> None:
     gen = params.evaluate.generation
+    if pass_k:
+        k = params.evaluate.pass_k
+        if model not in k.models:
+            raise ValueError(f"params.yaml: evaluate.pass_k.models: {model!r} is not listed ({k.models})")
+        gen = dataclasses.replace(gen, samples_per_problem=k.samples_per_problem, max_problems=k.max_problems)
     if model not in params.evaluate.models:
         raise ValueError(f"params.yaml: evaluate.models: {model!r} is not listed ({params.evaluate.models})")
     if benchmark not in params.evaluate.benchmarks:
@@ -61,7 +70,8 @@ def main(params: Params, model: str, benchmark: str) -> None:
     )
     metrics = {"model": model, "benchmark": benchmark, **metrics}
     used = {"prompt": section_dict(params.prompt), "grader": section_dict(params.grader), "generation": section_dict(gen)}
-    with atomic_dir(paths.eval_dir(model, benchmark)) as tmp:
+    out = paths.passk_dir(model, benchmark) if pass_k else paths.eval_dir(model, benchmark)
+    with atomic_dir(out) as tmp:
         rows.to_parquet(tmp / "problems.parquet", index=False)
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "run.json", run_record(used, model=model, benchmark=benchmark))
@@ -74,5 +84,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--benchmark", required=True)
+    parser.add_argument("--pass-k", action="store_true", help="evaluate.pass_k's samples and subset, into data/passk/")
     args = parser.parse_args()
-    main(load_params(paths.PARAMS), args.model, args.benchmark)
+    main(load_params(paths.PARAMS), args.model, args.benchmark, pass_k=args.pass_k)

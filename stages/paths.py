@@ -36,5 +36,16 @@ def rl_dir(run: str) -> Path:
 
 
 def rl_work_dir(run: str) -> Path:
-    """Checkpoints and per-step logs of a run in progress (DVC: persist, so a rerun can resume)."""
-    return rl_dir(run) / "work"
+    """Checkpoints and per-step logs of a run in progress (DVC: persist, so a rerun can resume).
+
+    Outside ``data/rl`` so that the report can depend on ``data/rl`` without hashing checkpoints.
+    """
+    return DATA / "work" / "rl" / run
+
+
+def sft_dir(run: str) -> Path:
+    return DATA / "sft" / run
+
+
+def passk_dir(model: str, benchmark: str) -> Path:
+    return DATA / "passk" / model / benchmark

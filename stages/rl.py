@@ -1,11 +1,14 @@
 """Stage `rl@<run>`: train one named RL run (DASH, GRPO, PPO variants ... from params.yaml rl.runs).
 
     python -m stages.rl dash
+    torchrun --nproc_per_node 2 -m stages.rl dash      # data parallel over 2 processes
+
 
 Reads ``data/models/<init_from>`` and ``data/prepared/<dataset>/train.parquet``; writes the final
 policy ``data/models/<run>/`` (input of evaluate), ``data/rl/<run>/rollouts/`` (one parquet per
 step), ``metrics.jsonl`` (per step, DVC plots), ``summary.json`` (DVC metrics), ``curves.png``.
-``data/rl/<run>/work/`` keeps checkpoints so a killed run resumes where it stopped.
+``data/work/rl/<run>/`` keeps checkpoints so a killed run resumes where it stopped.
+Under ``torchrun`` every process trains (``dashrl.distributed``); rank 0 alone writes the outputs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 import numpy as np
 
 from dashrl.data import read_problems
+from dashrl.distributed import SINGLE, World, init_from_env, teardown
 from dashrl.io import atomic_dir, atomic_file, run_record, write_json
 from dashrl.models import dir_sha256, load_tokenizer
 from dashrl.params import Params, ParamsError, load_params, section_dict
@@ -29,7 +33,7 @@ from stages.common import setup_logging
 log = logging.getLogger("stages.rl")
 
 
-def main(params: Params, run_name: str) -> None:
+def main(params: Params, run_name: str, world: World = SINGLE) -> None:
     cfg = params.rl.run(run_name)
     init_dir, train_file = paths.model_dir(cfg.init_from), paths.prepared(cfg.dataset, "train")
     # Everything that can be wrong is checked before the first sample.
@@ -45,8 +49,10 @@ def main(params: Params, run_name: str) -> None:
     start = time.perf_counter()
     work_dir = paths.rl_work_dir(run_name)
     run = train(cfg=cfg, prompt=params.prompt, grader=params.grader, init_dir=init_dir, tokenizer=tokenizer,
-                problems=problems, train_file=train_file, work_dir=work_dir)
+                problems=problems, train_file=train_file, work_dir=work_dir, world=world)
     wall_s = time.perf_counter() - start
+    if not world.is_main:
+        return  # rank 0 holds the same weights and writes them
     metrics = read_metrics(work_dir)
 
     used = {"rl": section_dict(cfg), "prompt": section_dict(params.prompt), "grader": section_dict(params.grader)}
@@ -96,4 +102,11 @@ if __name__ == "__main__":
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
-    main(load_params(paths.PARAMS), parser.parse_args().run)
+    args = parser.parse_args()
+    world = init_from_env()  # torchrun's environment, or a single process
+    if not world.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs for the run
+    try:
+        main(load_params(paths.PARAMS), args.run, world)
+    finally:
+        teardown(world)

@@ -85,6 +85,11 @@ def tiny_params_dict() -> dict:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["prepare"]["arith"].update(n_train=40, n_test=12, levels=[1, 4])
     raw["evaluate"]["models"] = ["base"]
+    raw["evaluate"]["pass_k"].update(models=["base"], samples_per_problem=4, max_problems=6)
+    raw["sft"]["common"].update(
+        max_problems=8, samples_per_problem=2, max_new_tokens=8, sampling_batch_rows=8, batch_size=4, max_length=256,
+        train_levels=None, train_dtype="float32", lr=1e-3,
+    )
     raw["evaluate"]["generation"].update(max_new_tokens=12, batch_size=8, samples_per_problem=2, dtype="float32")
     raw["rl"]["common"].update(
         prompts_per_step=2, group_size=4, micro_batch_size=4, steps=2, max_new_tokens=8, rollout_batch_rows=8,

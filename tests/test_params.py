@@ -80,6 +80,14 @@ def test_every_dvc_params_key_exists_and_every_param_is_used():
         (lambda r: r["evaluate"]["generation"].update(temperature=0.0, samples_per_problem=4), r"greedy decoding"),
         (lambda r: r["evaluate"]["generation"].update(top_p=1.5), r"top_p: 1\.5: must be in \(0, 1\]"),
         (lambda r: r.update(extra_section={}), r"params\.yaml: extra_section: unknown key"),
+        (lambda r: r["evaluate"].update(models=["base", "missing"]), r"evaluate\.models: 'missing': no stage writes it"),
+        (lambda r: r["rl"]["runs"]["dash"].update(init_from="sft_x"), r"rl\.runs\.dash\.init_from: 'sft_x': must be base or an sft run"),
+        (lambda r: r["sft"]["runs"]["sft_h"].update(init_from="dash"), r"sft\.runs\.sft_h\.init_from: 'dash': set it in sft\.common"),
+        (lambda r: r["sft"]["runs"]["sft_h"].update(epoch=2), r"sft\.runs\.sft_h\.epoch: unknown key"),
+        (lambda r: r["sft"]["runs"].update(dash={"source": "self"}), r"sft\.runs/rl\.runs: \['dash'\]: names must be unique"),
+        (lambda r: r["sft"]["runs"]["sft_h"].update(teacher="x/y"), r"sft\.runs\.sft_h\.teacher: 'x/y': only source: self"),
+        (lambda r: r["evaluate"]["pass_k"].update(models=["grpo_x"]), r"evaluate\.pass_k\.models: 'grpo_x': must also be in evaluate\.models"),
+        (lambda r: r["evaluate"]["pass_k"].update(samples_per_problem=1), r"evaluate\.pass_k\.samples_per_problem: 1: must be >= 2"),
     ],
 )
 def test_bad_params_name_the_key_and_value(edit, message):

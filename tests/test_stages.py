@@ -15,6 +15,7 @@ from stages import model as model_stage
 from stages import prepare as prepare_stage
 from stages import report as report_stage
 from stages import rl as rl_stage
+from stages import sft as sft_stage
 
 
 def edit_params(path, edit):
@@ -25,7 +26,10 @@ def edit_params(path, edit):
 
 
 def test_prepare_evaluate_report_end_to_end(workspace):
-    params = load_params("params.yaml")
+    def only_base(raw):
+        raw["sft"]["runs"], raw["rl"]["runs"] = {}, {}
+
+    params = edit_params(workspace / "params.yaml", only_base)
     prepare_stage.main(params, "arith")
     train, test = read_problems("data/prepared/arith/train.parquet"), read_problems("data/prepared/arith/test.parquet")
     assert (len(train), len(test)) == (40, 12)
@@ -45,15 +49,81 @@ def test_prepare_evaluate_report_end_to_end(workspace):
     assert sum(metrics["grader_status_counts"].values()) == 24
     assert json.loads((out / "run.json").read_text())["params"]["generation"]["max_new_tokens"] == 12
 
+    evaluate_stage.main(params, "base", "arith", pass_k=True)
+    passk = json.loads((workspace / "data/passk/base/arith/metrics.json").read_text())
+    assert passk["n_problems"] == 6 and passk["samples_per_problem"] == 4
+    assert {"pass@1", "pass@2", "pass@4"} <= set(passk) and passk["pass@1"] <= passk["pass@2"] <= passk["pass@4"]
+
     report_stage.main(params)
     report = workspace / "data/report"
+    table1 = pd.read_csv(report / "table1.csv")
+    assert table1["config"].tolist() == ["base", "sft_h", "sft_m", "dash"]
+    assert table1["status"].tolist() == ["ok", "not run", "not run", "not run"]
+    assert table1["accuracy_arith"].iloc[0] == pytest.approx(metrics["accuracy"]) and table1["accuracy_arith"].iloc[1:].isna().all()
     table = pd.read_csv(report / "results.csv")
     assert table[["model", "benchmark"]].values.tolist() == [["base", "arith"]]
     assert table["accuracy"].iloc[0] == pytest.approx(metrics["accuracy"])
     md = (report / "results.md").read_text()
     assert "| base | arith | 12 |" in md and "require_box=False" in md
-    for png in ("accuracy.png", "accuracy_by_level.png"):
+    for png in ("accuracy.png", "accuracy_by_level.png", "fig1_time_split.png", "fig3_filtering.png",
+                "fig4_reward_vs_time.png", "fig5_pass_at_k.png", "fig6_kl.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sft_rl_evaluate_report_matrix_end_to_end(workspace):
+    """SFT-H and SFT-M, DASH and GRPO (one from the SFT model), every evaluation, the paper's tables."""
+
+    def matrix(raw):
+        raw["sft"]["runs"] = {"sft_h": {"source": "reference"}, "sft_m": {"source": "self"}}
+        raw["sft"]["common"].update(samples_per_problem=4, temperature=1.0)
+        raw["rl"]["runs"] = {"dash": {"init_from": "base"}, "grpo": {"init_from": "sft_h", "sampling": "per_micro_batch",
+                                                                     "filter_threshold": 0.0}}
+        raw["evaluate"]["models"] = ["base", "sft_h", "dash", "grpo"]
+        raw["evaluate"]["generation"]["samples_per_problem"] = 1
+
+    params = edit_params(workspace / "params.yaml", matrix)
+    prepare_stage.main(params, "arith")
+    sft_stage.main(params, "sft_h")
+    out = workspace / "data/sft/sft_h"
+    examples = pd.read_parquet(out / "examples.parquet")
+    train = read_problems("data/prepared/arith/train.parquet").head(8)
+    assert examples["completion"].tolist() == train["solution"].tolist()  # the reference solutions, in order
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["examples"] == 8 and summary["optimizer_steps"] == 2  # 8 examples / batch 4, 1 epoch
+    assert summary["loss_last"] < summary["loss_first"]
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG" and (workspace / "data/models/sft_h/model.safetensors").is_file()
+    record = json.loads((workspace / "data/models/sft_h/dashrl_run.json").read_text())
+    assert record["model"]["source"] == "sft@sft_h" and record["params"]["sft"]["source"] == "reference"
+
+    # A random tiny model rarely gets anything right: SFT-M fails before training, and says why.
+    with pytest.raises(RuntimeError, match="sft@sft_m: the teacher got no problem right"):
+        sft_stage.main(params, "sft_m")
+    assert not (workspace / "data/models/sft_m").exists()
+
+    for run in ("dash", "grpo"):
+        rl_stage.main(params, run)
+    for model in params.evaluate.models:
+        evaluate_stage.main(params, model, "arith")
+    evaluate_stage.main(params, "base", "arith", pass_k=True)
+    params = edit_params(workspace / "params.yaml", lambda r: r["sft"]["runs"].pop("sft_m"))
+    report_stage.main(params)
+
+    report = workspace / "data/report"
+    dash = json.loads((workspace / "data/rl/dash/summary.json").read_text())
+    grpo = json.loads((workspace / "data/rl/grpo/summary.json").read_text())
+    table3 = pd.read_csv(report / "table3.csv").set_index("config")
+    assert table3.loc["no_gf", "status"] == "not run" and pd.isna(table3.loc["no_gf", "train_wall_s"])
+    assert table3.loc["dash", "train_wall_s"] == pytest.approx(dash["train_wall_s"])
+    assert table3.loc["dash", "time_vs_grpo"] == pytest.approx(dash["train_wall_s"] / grpo["train_wall_s"])
+    assert table3.loc["grpo", "time_vs_grpo"] == pytest.approx(1.0)
+    assert table3.loc["grpo", "sampling_s"] == pytest.approx(grpo["total_sampling_s"])
+    table1 = pd.read_csv(report / "table1.csv").set_index("config")
+    assert table1["status"].to_dict() == {"base": "ok", "sft_h": "ok", "sft_m": "not run", "dash": "ok"}
+    sft_accuracy = json.loads((workspace / "data/eval/sft_h/arith/metrics.json").read_text())["accuracy"]
+    assert table1.loc["sft_h", "accuracy_arith"] == pytest.approx(sft_accuracy)
+    table6 = pd.read_csv(report / "table6.csv").set_index("config")
+    assert table6.loc["dash", "train_completion_tokens_last_steps"] == pytest.approx(dash["completion_tokens_last_steps"])
+    assert "Table 5" in (report / "table5.md").read_text()
 
 
 def test_evaluate_is_reproducible_with_its_seed(workspace):
@@ -68,10 +138,10 @@ def test_evaluate_is_reproducible_with_its_seed(workspace):
 def test_evaluate_without_a_model_fails_before_writing(workspace):
     params = load_params("params.yaml")
     prepare_stage.main(params, "arith")
-    params = edit_params(workspace / "params.yaml", lambda r: r["evaluate"].update(models=["base", "missing"]))
-    with pytest.raises(FileNotFoundError, match="data/models/missing: no model there"):
-        evaluate_stage.main(params, "missing", "arith")
-    assert not (workspace / "data/eval/missing").exists()
+    params = edit_params(workspace / "params.yaml", lambda r: r["evaluate"].update(models=["base", "dash"]))
+    with pytest.raises(FileNotFoundError, match="data/models/dash: no model there"):
+        evaluate_stage.main(params, "dash", "arith")
+    assert not (workspace / "data/eval/dash").exists()
 
 
 def test_report_names_a_missing_evaluation(workspace):
@@ -138,7 +208,7 @@ def test_rl_stage_writes_policy_rollouts_metrics_and_curves(workspace):
     assert summary["steps"] == 2 and summary["samples_total"] == 16
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (workspace / "data/models/dash/model.safetensors").is_file()
-    assert sorted(p.name for p in (out / "work/checkpoints").iterdir()) == ["step-000002"]  # keep_checkpoints: 1
+    assert sorted(p.name for p in (workspace / "data/work/rl/dash/checkpoints").iterdir()) == ["step-000002"]  # keep_checkpoints: 1
     # The trained policy is an ordinary model directory: evaluate takes it as it is.
     evaluate_stage.main(params, "dash", "arith")
     assert json.loads((workspace / "data/eval/dash/arith/metrics.json").read_text())["model"] == "dash"

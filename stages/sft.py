@@ -1,0 +1,124 @@
+"""Stage `sft@<run>`: supervised fine-tuning baseline (the paper's SFT-H / SFT-M), loss on the completion only.
+
+    python -m stages.sft sft_h
+
+Reads ``data/models/<init_from>`` and ``data/prepared/<dataset>/train.parquet``; writes the model
+``data/models/<run>/`` (input of evaluate and of RL runs that start from it) and
+``data/sft/<run>/``: ``examples.parquet`` (what was trained on), ``metrics.jsonl`` (loss per
+optimizer step, DVC plots), ``summary.json`` (DVC metrics), ``loss.png``, ``run.json``.
+``source: self`` samples the teacher (``teacher``, default the initial model) on the same problems
+with the evaluation grader and keeps its distinct correct, finished samples (rejection sampling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from dashrl.data import read_problems
+from dashrl.io import atomic_dir, atomic_file, run_record, write_json
+from dashrl.models import dir_sha256, load_model, load_tokenizer, materialise_model
+from dashrl.params import Params, ParamsError, SFTRunParams, load_params, section_dict
+from dashrl.reporting import plot_sft_loss
+from dashrl.rollout import HFEngine, SamplingConfig
+from dashrl.sft import Example, reference_examples, rejection_sampled_examples, sft_train
+from stages import paths
+from stages.common import setup_logging
+
+log = logging.getLogger("stages.sft")
+
+
+def main(params: Params, run_name: str) -> None:
+    cfg = params.sft.run(run_name)
+    init_dir, train_file = paths.model_dir(cfg.init_from), paths.prepared(cfg.dataset, "train")
+    if not (init_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{init_dir}: no model there (sft.runs.{run_name}.init_from: {cfg.init_from!r}); run its stage first")
+    problems = read_problems(train_file)
+    if cfg.train_levels is not None:
+        problems = problems[problems["level"].isin(cfg.train_levels)]
+    if cfg.max_problems is not None:
+        problems = problems.head(cfg.max_problems)
+    if problems.empty:
+        raise ParamsError(f"params.yaml: sft.runs.{run_name}.train_levels: {cfg.train_levels}: no problem of {train_file} has these levels")
+    if cfg.source == "reference" and (problems["solution"].fillna("").str.strip() == "").any():
+        missing = problems.loc[problems["solution"].fillna("").str.strip() == "", "id"].iloc[0]
+        raise ValueError(f"{train_file}: field solution: empty for problem {missing!r}; source: reference needs worked solutions")
+    tokenizer = load_tokenizer(init_dir)
+
+    start = time.perf_counter()
+    if cfg.source == "reference":
+        examples = reference_examples(problems, tokenizer, params.prompt)
+    else:
+        examples = teacher_examples(cfg, params, problems, init_dir, run_name)
+    sampling_s = time.perf_counter() - start
+    log.info("sft@%s: %d examples from %d problems (source %s)", run_name, len(examples), len(problems), cfg.source)
+
+    torch.manual_seed(cfg.seed)
+    model = load_model(init_dir, dtype="float32")
+    history = sft_train(model, tokenizer, examples, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                        max_length=cfg.max_length, seed=cfg.seed, train_dtype=cfg.train_dtype)
+    wall_s = time.perf_counter() - start
+
+    used = {"sft": section_dict(cfg), "prompt": section_dict(params.prompt), "grader": section_dict(params.grader)}
+    with atomic_dir(paths.model_dir(run_name)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "dashrl_run.json", run_record(used, model={"source": f"sft@{run_name}", "init_from": cfg.init_from,
+                                                                    "content_sha256": dir_sha256(tmp)}))
+    out = paths.sft_dir(run_name)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out / "examples.parquet") as tmp:
+        pd.DataFrame([vars(e) for e in examples]).to_parquet(tmp, index=False)
+    with atomic_file(out / "metrics.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+    summary = {
+        "run": run_name, "source": cfg.source, "problems": len(problems), "examples": len(examples),
+        "optimizer_steps": len(history), "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],
+        "stage_wall_s": wall_s, "sampling_wall_s": sampling_s,
+    }
+    write_json(out / "summary.json", summary)
+    write_json(out / "run.json", run_record(used, run=run_name))
+    with atomic_file(out / "loss.png") as tmp:
+        plot_sft_loss(run_name, history, tmp, dpi=params.report.plot_dpi)
+    log.info("sft@%s done in %.0f s: loss %.3f -> %.3f over %d steps", run_name, wall_s,
+             summary["loss_first"], summary["loss_last"], len(history))
+
+
+def teacher_examples(cfg: SFTRunParams, params: Params, problems: pd.DataFrame, init_dir: Path, run_name: str) -> list[Example]:
+    """Rejection sampling: the teacher's distinct correct samples, in the RL prompt format."""
+    sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    with tempfile.TemporaryDirectory(prefix="dashrl-teacher-") as scratch:
+        teacher_dir = resolve_teacher(cfg.teacher, init_dir, Path(scratch) / "teacher")
+        tokenizer = load_tokenizer(teacher_dir)
+        engine = HFEngine(load_model(teacher_dir, dtype="bfloat16"), tokenizer, max_batch_rows=cfg.sampling_batch_rows)
+        examples = rejection_sampled_examples(problems, engine=engine, tokenizer=tokenizer, prompt=params.prompt,
+                                              grader=params.grader, sampling=sampling, samples_per_problem=cfg.samples_per_problem)
+    if not examples:
+        raise RuntimeError(f"sft@{run_name}: the teacher got no problem right in {cfg.samples_per_problem} samples each; "
+                           "raise sft samples_per_problem or use a stronger teacher")
+    return examples
+
+
+def resolve_teacher(teacher: str | None, init_dir: Path, scratch: Path) -> Path:
+    """None: the initial model; a directory under data/models/ or on disk; else a Hub id, downloaded to scratch."""
+    if teacher is None:
+        return init_dir
+    for candidate in (paths.model_dir(teacher), Path(teacher)):
+        if (candidate / "config.json").is_file():
+            return candidate
+    materialise_model(teacher, scratch, dtype="bfloat16")
+    return scratch
+
+
+if __name__ == "__main__":
+    setup_logging()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run")
+    main(load_params(paths.PARAMS), parser.parse_args().run)
