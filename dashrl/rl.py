@@ -444,9 +444,10 @@ def make_engine(cfg: RLRunParams, policy: PreTrainedModel, tokenizer: PreTrained
     name = cfg.engine
     if name == "auto":
         name = "vllm" if torch.cuda.is_available() and _vllm_available() else "hf"
-        log.info("engine: auto -> %s", name)
+        log.info("engine: auto -> %s (cuda available: %s, vllm importable: %s)",
+                 name, torch.cuda.is_available(), _vllm_available())
     if name == "vllm":
-        raise NotImplementedError("engine: vllm is not available in this build yet; use engine: hf or auto")
+        return _make_vllm_engine(cfg, policy, tokenizer)
     if cfg.rollout_dtype == "float32" and policy.dtype == torch.float32:
         engine_model = policy  # share weights: syncing is free
     else:
@@ -455,10 +456,26 @@ def make_engine(cfg: RLRunParams, policy: PreTrainedModel, tokenizer: PreTrained
     return HFEngine(engine_model, tokenizer, max_batch_rows=cfg.rollout_batch_rows)
 
 
-def _vllm_available() -> bool:
-    import importlib.util
+def _make_vllm_engine(cfg: RLRunParams, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
+    """A colocated vLLM engine holding its own ``rollout_dtype`` copy of the policy, synced in place."""
+    from dashrl.vllm_engine import VLLMEngine, vllm_device_error
 
-    return importlib.util.find_spec("vllm") is not None
+    problem = vllm_device_error()
+    if problem:
+        raise RuntimeError(f"engine: vllm (params.yaml rl engine) cannot run here: {problem}; use engine: hf or auto")
+    log.info("engine: vllm (rollout_dtype %s, vllm_gpu_memory_utilization %s, vllm_tensor_parallel_size %d, "
+             "max_num_seqs = rollout_batch_rows %d)", cfg.rollout_dtype, cfg.vllm_gpu_memory_utilization,
+             cfg.vllm_tensor_parallel_size, cfg.rollout_batch_rows)
+    return VLLMEngine.from_policy(
+        policy, tokenizer, dtype=cfg.rollout_dtype, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        tensor_parallel_size=cfg.vllm_tensor_parallel_size, max_num_seqs=cfg.rollout_batch_rows, seed=cfg.seed,
+    )
+
+
+def _vllm_available() -> bool:
+    from dashrl.vllm_engine import vllm_available
+
+    return vllm_available()
 
 
 def lr_lambda(cfg: RLRunParams, total_optimizer_steps: int):

@@ -47,7 +47,17 @@ def main(params: Params, model: str, benchmark: str, pass_k: bool = False) -> No
 
     torch.manual_seed(gen.seed)
     tokenizer = load_tokenizer(model_path)
-    engine = HFEngine(load_model(model_path, dtype=gen.dtype), tokenizer, max_batch_rows=gen.batch_size)
+    if gen.engine == "vllm":
+        from dashrl.vllm_engine import VLLMEngine, vllm_device_error
+
+        problem = vllm_device_error()
+        if problem:
+            raise RuntimeError(f"params.yaml: evaluate.generation.engine: vllm cannot run here: {problem}; use engine: hf")
+        # Evaluation runs alone: vLLM may take most of the GPU (its own default share, 0.9).
+        engine = VLLMEngine.from_model_dir(model_path, tokenizer, dtype=gen.dtype, max_num_seqs=gen.batch_size,
+                                           gpu_memory_utilization=0.9, seed=gen.seed)
+    else:
+        engine = HFEngine(load_model(model_path, dtype=gen.dtype), tokenizer, max_batch_rows=gen.batch_size)
     log.info("evaluating %s on %s: %d problems x %d samples", model, benchmark, len(problems), gen.samples_per_problem)
     rows, metrics = evaluate(
         problems,

@@ -85,6 +85,8 @@ DEFAULTS = {
     "engine": "hf",
     "rollout_dtype": "float32",
     "rollout_batch_rows": 64,
+    "vllm_gpu_memory_utilization": 0.3,
+    "vllm_tensor_parallel_size": 1,
     "train_dtype": "float32",
     "seed": 0,
     "checkpoint_every": 0,
