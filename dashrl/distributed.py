@@ -134,10 +134,11 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 def init_from_env(timeout_s: float = 1800.0) -> World:
     """Join the process group that ``torchrun`` describes in the environment, or return ``SINGLE``.
 
-    Backend NCCL with one GPU per local rank when CUDA is available, gloo on CPU otherwise.
+    Backend NCCL with one GPU per local rank when CUDA is available, gloo on CPU otherwise. A single
+    process trains on the first GPU when there is one (else the CPU).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return SINGLE
+        return World(device=torch.device("cuda", 0)) if torch.cuda.is_available() else SINGLE
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if missing:
         raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: launch with torchrun")

@@ -91,6 +91,11 @@ def materialise_model(source: str, out_dir: str | Path, dtype: str = "float32") 
     return {**origin, "dtype": dtype, "n_parameters": n_params, "content_sha256": dir_sha256(out_dir)}
 
 
+def default_device() -> str:
+    """The first CUDA GPU when there is one, else the CPU (single-process stages)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
     """Load an HF model directory for inference or training."""
     path = Path(path)

@@ -20,7 +20,7 @@ import torch
 from dashrl.data import read_problems
 from dashrl.evaluation import evaluate, sampling_from, select_problems
 from dashrl.io import atomic_dir, run_record, write_json
-from dashrl.models import load_model, load_tokenizer
+from dashrl.models import default_device, load_model, load_tokenizer
 from dashrl.params import Params, load_params, section_dict
 from dashrl.rollout import HFEngine
 from stages import paths
@@ -57,7 +57,7 @@ def main(params: Params, model: str, benchmark: str, pass_k: bool = False) -> No
         engine = VLLMEngine.from_model_dir(model_path, tokenizer, dtype=gen.dtype, max_num_seqs=gen.batch_size,
                                            gpu_memory_utilization=0.9, seed=gen.seed)
     else:
-        engine = HFEngine(load_model(model_path, dtype=gen.dtype), tokenizer, max_batch_rows=gen.batch_size)
+        engine = HFEngine(load_model(model_path, dtype=gen.dtype, device=default_device()), tokenizer, max_batch_rows=gen.batch_size)
     log.info("evaluating %s on %s: %d problems x %d samples", model, benchmark, len(problems), gen.samples_per_problem)
     rows, metrics = evaluate(
         problems,

@@ -24,7 +24,7 @@ import torch
 
 from dashrl.data import read_problems
 from dashrl.io import atomic_dir, atomic_file, run_record, write_json
-from dashrl.models import dir_sha256, load_model, load_tokenizer, materialise_model
+from dashrl.models import default_device, dir_sha256, load_model, load_tokenizer, materialise_model
 from dashrl.params import Params, ParamsError, SFTRunParams, load_params, section_dict
 from dashrl.reporting import plot_sft_loss
 from dashrl.rollout import HFEngine, SamplingConfig
@@ -61,7 +61,7 @@ def main(params: Params, run_name: str) -> None:
     log.info("sft@%s: %d examples from %d problems (source %s)", run_name, len(examples), len(problems), cfg.source)
 
     torch.manual_seed(cfg.seed)
-    model = load_model(init_dir, dtype="float32")
+    model = load_model(init_dir, dtype="float32", device=default_device())
     history = sft_train(model, tokenizer, examples, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
                         max_length=cfg.max_length, seed=cfg.seed, train_dtype=cfg.train_dtype)
     wall_s = time.perf_counter() - start
@@ -97,7 +97,7 @@ def teacher_examples(cfg: SFTRunParams, params: Params, problems: pd.DataFrame, 
     with tempfile.TemporaryDirectory(prefix="dashrl-teacher-") as scratch:
         teacher_dir = resolve_teacher(cfg.teacher, init_dir, Path(scratch) / "teacher")
         tokenizer = load_tokenizer(teacher_dir)
-        engine = HFEngine(load_model(teacher_dir, dtype="bfloat16"), tokenizer, max_batch_rows=cfg.sampling_batch_rows)
+        engine = HFEngine(load_model(teacher_dir, dtype="bfloat16", device=default_device()), tokenizer, max_batch_rows=cfg.sampling_batch_rows)
         examples = rejection_sampled_examples(problems, engine=engine, tokenizer=tokenizer, prompt=params.prompt,
                                               grader=params.grader, sampling=sampling, samples_per_problem=cfg.samples_per_problem)
     if not examples:

@@ -46,7 +46,7 @@ def paper_workspace(tmp_path, monkeypatch, tiny_model_dir) -> Path:
         "rl.common.rollout_dtype=float32", "rl.runs.ppo_multi.steps=1", "rl.runs.ppo_multi.epochs=null",
         "rl.runs.ppo_mini.optimizer_steps_per_rollout=4", "sft.common.max_length=256", "sft.common.batch_size=4",
         "sft.common.train_dtype=float32", "sft.common.max_new_tokens=8",
-        "evaluate.generation.max_new_tokens=8", "evaluate.generation.dtype=float32", "evaluate.pass_k.samples_per_problem=2",
+        "evaluate.generation.engine=hf", "evaluate.generation.max_new_tokens=8", "evaluate.generation.dtype=float32", "evaluate.pass_k.samples_per_problem=2",
     ]
     apply_profile(tmp_path / "params.yaml", [REPO / "profiles/full.yaml", REPO / "profiles/paper.yaml"], sets)
     shutil.copytree(tiny_model_dir, tmp_path / "tiny")
@@ -62,6 +62,8 @@ def test_paper_profile_runs_every_stage_on_a_tiny_model(paper_workspace):
     dash = params.rl.run("dash")
     assert (dash.group_size, dash.micro_batch_size, dash.lr, dash.lr_schedule, dash.kl_coef) == (4, 4, 3e-6, "linear", 0.04)
     assert params.sft.run("sft_m").teacher == "Qwen/Qwen2.5-7B-Instruct"
+    raw = yaml.safe_load((REPO / "profiles/paper.yaml").read_text())
+    assert raw["rl"]["common"]["engine"] == raw["evaluate"]["generation"]["engine"] == "vllm"  # overridden above: no GPU here
 
     for name in params.prepare.datasets:
         prepare_stage.main(params, name)

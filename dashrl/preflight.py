@@ -1,0 +1,95 @@
+"""Start-up checks of a params.yaml before any stage runs: what the configured work needs is there.
+
+    python -m dashrl.preflight            # exit 0: ready; exit 2: one line per problem, naming the key
+
+Checked (each only when params ask for it): a CUDA GPU and an importable vllm for ``engine: vllm``;
+the embedded model package; a Hub model or dataset reachable when ``model.source`` /
+``prepare.<name>.path`` point at the Hub; local model directories and data files present. A
+misconfigured GPU run fails here in seconds, not after the data and model stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from dashrl.data import HUB_IDS
+from dashrl.params import Params, ParamsError, load_params
+
+
+def hub_reachable(repo_id: str, repo_type: str) -> str | None:
+    """None when the Hub answers for ``repo_id``, else why not (HF_HUB_OFFLINE respected)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        return "HF_HUB_OFFLINE is set"
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().repo_info(repo_id, repo_type=repo_type, timeout=10)
+    except Exception as e:  # noqa: BLE001 - any failure means "not reachable"; the message says which
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return None
+
+
+def problems(params: Params, check_hub: bool = True) -> list[str]:
+    """Every problem found, one line each, naming the params key and value."""
+    found: list[str] = []
+    engines = {f"rl.runs.{name}.engine": params.rl.run(name).engine for name in params.rl.runs}
+    engines["evaluate.generation.engine"] = params.evaluate.generation.engine
+    for key, engine in engines.items():
+        if engine != "vllm":
+            continue
+        from dashrl.vllm_engine import vllm_device_error
+
+        problem = vllm_device_error()
+        if problem:
+            found.append(f"params.yaml: {key}: vllm: {problem}")
+        elif not torch.cuda.is_available():
+            found.append(f"params.yaml: {key}: vllm: no CUDA GPU visible (torch.cuda.is_available() is False); "
+                         "this runs vLLM's CPU build, for tests only")
+        break  # one line is enough: every engine shares the machine
+    source = params.model.source
+    if source == "embedded":
+        from dashrl.models import find_embedded_gguf
+
+        try:
+            find_embedded_gguf()
+        except FileNotFoundError as e:
+            found.append(f"params.yaml: model.source: embedded: {e}")
+    elif not Path(source).exists():
+        if source.startswith((".", "/")) or source.count("/") != 1:
+            found.append(f"params.yaml: model.source: {source!r}: no such directory, and not a Hub id (org/name)")
+        elif check_hub and (why := hub_reachable(source, "model")):
+            found.append(f"params.yaml: model.source: {source!r}: the Hugging Face Hub does not answer ({why}); "
+                         "download it elsewhere and point model.source at the directory")
+    for name in params.prepare.datasets:
+        if name == "arith":
+            continue
+        path = getattr(params.prepare, name).path
+        if path is not None and not Path(path).is_file():
+            found.append(f"params.yaml: prepare.{name}.path: {path!r}: no such file")
+        elif path is None and check_hub and (why := hub_reachable(HUB_IDS[name], "dataset")):
+            found.append(f"params.yaml: prepare.{name}.path: null (Hub {HUB_IDS[name]}): not reachable ({why}); "
+                         "set path to a local .jsonl/.parquet copy")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    parser.add_argument("--no-hub", action="store_true", help="skip the Hub reachability checks")
+    args = parser.parse_args(argv)
+    try:
+        found = problems(load_params(args.params), check_hub=not args.no_hub)
+    except ParamsError as e:
+        found = [str(e)]
+    for line in found:
+        print(f"preflight: {line}", file=sys.stderr)
+    return 2 if found else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
