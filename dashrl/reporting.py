@@ -7,6 +7,7 @@ the paths it is given.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,8 @@ def to_markdown(table: pd.DataFrame, title: str, notes: list[str] = ()) -> str:
 
 
 def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"  # not run / not applicable
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -212,15 +215,16 @@ def _gradient_update_s(summary: dict[str, Any]) -> float:
 
 
 def _save(fig: Any, path: str | Path, dpi: int) -> None:
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))  # room for the "not run" note
     fig.savefig(path, dpi=dpi, format="png")
     plt.close(fig)
 
 
-def _missing_note(ax: Any, missing: list[str]) -> None:
+def _missing_note(fig: Any, missing: list[str]) -> None:
+    """Below the axes, bottom right: which runs of the figure this profile did not run."""
     if missing:
-        ax.text(0.99, 0.01, "not run in this profile: " + ", ".join(missing), transform=ax.transAxes,
-                ha="right", va="bottom", fontsize=7, color="0.4")
+        fig.text(0.99, 0.01, "not run in this profile: " + ", ".join(missing), ha="right", va="bottom",
+                 fontsize=7, color="0.4")
 
 
 def plot_time_split(results: RunResults, path: str | Path, dpi: int = 120) -> None:
@@ -243,7 +247,7 @@ def plot_time_split(results: RunResults, path: str | Path, dpi: int = 120) -> No
     ax.set_xlim(0, max(left.max() * 1.2, 1) if len(left) else 1)
     ax.set_title("Fig. 1: where the training time goes")
     ax.legend(fontsize=7, loc="lower right" if len(names) < 2 else "best")
-    _missing_note(ax, [n for n in ("grpo", "dash") if n not in results.rl_summary])
+    _missing_note(fig, [n for n in ("grpo", "dash") if n not in results.rl_summary])
     _save(fig, path, dpi)
 
 
@@ -263,7 +267,7 @@ def plot_filtering(results: RunResults, path: str | Path, dpi: int = 120) -> Non
     for ax in (ax_adv, ax_time):
         if ax.lines:
             ax.legend(fontsize=7)
-    _missing_note(ax_adv, [n for n in ("dash", "no_gf") if n not in results.rl_steps])
+    _missing_note(fig, [n for n in ("dash", "no_gf") if n not in results.rl_steps])
     fig.suptitle("Fig. 3: gradient filtering", fontsize=10)
     _save(fig, path, dpi)
 
@@ -284,18 +288,22 @@ def plot_reward_vs_time(results: RunResults, path: str | Path, dpi: int = 120) -
     ax.set(title="Fig. 4: reward vs wall-clock (dots: step, line: 3-step mean)", xlabel="minutes", ylabel="training reward")
     if ax.lines:
         ax.legend(fontsize=7)
-    _missing_note(ax, [n for n in names if n not in results.rl_steps])
+    _missing_note(fig, [n for n in names if n not in results.rl_steps])
     _save(fig, path, dpi)
 
 
 def plot_pass_at_k(results: RunResults, path: str | Path, dpi: int = 120) -> None:
     """Fig. 5: pass@k against k (log scale), one line per (model, benchmark)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    all_ks: set[int] = set()
     for (model, benchmark), m in sorted(results.passk.items()):
         ks = sorted(int(key.split("@")[1]) for key in m if key.startswith("pass@"))
         if ks:
             ax.plot(ks, [m[f"pass@{k}"] for k in ks], marker="o", label=f"{model} / {benchmark}")
+            all_ks.update(ks)
     ax.set_xscale("log", base=2)
+    if all_ks:
+        ax.set_xticks(sorted(all_ks), labels=[str(k) for k in sorted(all_ks)])
     ax.set(title="Fig. 5: pass@k", xlabel="k (samples per problem)", ylabel="pass@k", ylim=(0, 1))
     if ax.lines:
         ax.legend(fontsize=7)
@@ -322,7 +330,7 @@ def plot_kl_curves(results: RunResults, path: str | Path, dpi: int = 120) -> Non
     for ax in (ax_reward, ax_length):
         if ax.lines:
             ax.legend(fontsize=7)
-    _missing_note(ax_length, [n for n in names if n not in results.rl_steps])
+    _missing_note(fig, [n for n in names if n not in results.rl_steps])
     fig.suptitle("Fig. 6: with and without the KL term", fontsize=10)
     _save(fig, path, dpi)
 
