@@ -71,6 +71,7 @@ def _fmt(value: Any) -> str:
 def plot_accuracy(table: pd.DataFrame, path: str | Path, dpi: int = 120) -> None:
     """Grouped bars: single-sample accuracy per benchmark, one bar per model."""
     pivot = table.pivot(index="benchmark", columns="model", values="accuracy")
+    pivot = pivot[list(dict.fromkeys(table["model"]))]  # models in params order, not alphabetical
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(pivot.index) + 2), 3.6))
     pivot.plot.bar(ax=ax, rot=0, width=0.8)
     for container in ax.containers:
@@ -132,9 +133,10 @@ def plot_rl_curves(runs: Mapping[str, list[Mapping[str, Any]]], path: str | Path
         ax_time.bar(names, seconds, bottom=bottom, label=phase.replace("_", " "))
         bottom = [b + s for b, s in zip(bottom, seconds, strict=True)]
     ax_time.set(title="wall time by phase (whole run)", ylabel="seconds")
+    ax_time.tick_params(axis="x", labelrotation=30 if len(names) > 3 else 0)
     for ax in (ax_reward, ax_kept, ax_length, ax_time):
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6 if len(names) > 3 else 7, ncol=2 if ax is ax_kept and len(names) > 2 else 1)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi, format="png")
     plt.close(fig)
