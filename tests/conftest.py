@@ -71,12 +71,15 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     """A saved tiny HF model directory (safetensors + tokenizer), like data/models/<name>/."""
-    path = tmp_path_factory.mktemp("tiny_model")
-    model = build_tiny_model(len(tiny_tokenizer))
-    model.generation_config.eos_token_id = tiny_tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tiny_tokenizer.pad_token_id
+    return save_model_dir(build_tiny_model(len(tiny_tokenizer)), tiny_tokenizer, tmp_path_factory.mktemp("tiny_model"))
+
+
+def save_model_dir(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path) -> Path:
+    """``model`` + ``tokenizer`` saved as an HF directory (safetensors), eos/pad set for generation."""
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path, safe_serialization=True)
-    tiny_tokenizer.save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path
 
 

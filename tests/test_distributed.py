@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO
-from test_rl import make_cfg, parity_grade_batch
+from test_rl import make_cfg, one_thread, parity_grade_batch  # noqa: F401 (one_thread: autouse fixture)
 
 import dashrl.rl
 from dashrl.distributed import SINGLE, World, init_from_env
@@ -30,14 +30,6 @@ from dashrl.rl import check_world, read_metrics
 from stages import prepare as prepare_stage
 
 TIMEOUT_S = 150  # a hung collective must not hang the suite
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def torchrun(args: list[str], cwd: Path, nproc: int = 2) -> str:

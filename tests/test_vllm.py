@@ -22,6 +22,7 @@ pytestmark = pytest.mark.vllm
 pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
+from conftest import save_model_dir  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import dashrl.rl  # noqa: E402
@@ -51,13 +52,7 @@ def build_model(vocab_size: int) -> LlamaForCausalLM:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    path = tmp_path_factory.mktemp("vllm_model")
-    model = build_model(len(tiny_tokenizer))
-    model.generation_config.eos_token_id = tiny_tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tiny_tokenizer.pad_token_id
-    model.save_pretrained(path, safe_serialization=True)
-    tiny_tokenizer.save_pretrained(path)
-    return path
+    return save_model_dir(build_model(len(tiny_tokenizer)), tiny_tokenizer, tmp_path_factory.mktemp("vllm_model"))
 
 
 @pytest.fixture(scope="module")
