@@ -34,6 +34,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    local_size: int = 1  # processes on this machine (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
@@ -153,7 +154,8 @@ def init_from_env(timeout_s: float = 1800.0) -> World:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
-    return World(rank=rank, size=size, local_rank=local_rank, device=device)
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
+    return World(rank=rank, size=size, local_rank=local_rank, device=device, local_size=local_size)
 
 
 def teardown(world: World) -> None:

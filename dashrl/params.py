@@ -186,6 +186,7 @@ class RLRunParams:
     rollout_batch_rows: int  # sequences decoded together
     vllm_gpu_memory_utilization: float  # engine vllm: share of GPU memory vLLM takes (weights + KV cache)
     vllm_tensor_parallel_size: int  # engine vllm: GPUs one engine shards the model over
+    rollout_engines: int  # engines per training process sharing each rollout batch (one GPU each)
     train_dtype: Literal["float32", "bfloat16"]  # bfloat16: autocast with fp32 master weights
     seed: int
     checkpoint_every: int  # rollout steps between checkpoints (0: only at the end)
@@ -465,6 +466,10 @@ def check_rl_run(run: RLRunParams, key: str) -> None:
     require(0 < run.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization", run.vllm_gpu_memory_utilization,
             "must be in (0, 1]")
     require(run.vllm_tensor_parallel_size >= 1, "vllm_tensor_parallel_size", run.vllm_tensor_parallel_size, "must be >= 1")
+    require(run.rollout_engines >= 1, "rollout_engines", run.rollout_engines, "must be >= 1")
+    require(run.rollout_engines == 1 or run.engine == "hf" or run.vllm_tensor_parallel_size == 1, "rollout_engines",
+            (run.rollout_engines, run.vllm_tensor_parallel_size),
+            "several vLLM engines need vllm_tensor_parallel_size 1 (one GPU per engine)")
     require(run.checkpoint_every >= 0, "checkpoint_every", run.checkpoint_every, "must be >= 0")
     require(run.keep_checkpoints >= 1, "keep_checkpoints", run.keep_checkpoints, "must be >= 1")
 

@@ -72,7 +72,7 @@ from dashrl.losses import (
 from dashrl.models import file_sha256, load_model, render_prompt
 from dashrl.params import GraderParams, PromptParams, RLRunParams
 from dashrl.rewards import grade_batch
-from dashrl.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, derive_seed
+from dashrl.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, ShardedEngine, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -439,36 +439,79 @@ def rollout_frame(step: int, samples: list[Sample]) -> pd.DataFrame:
 # Setup, checkpoints, resume
 
 
-def make_engine(cfg: RLRunParams, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
-    """``engine: auto`` picks vLLM when a GPU and vllm are present, HF otherwise (logged)."""
+def make_engine(
+    cfg: RLRunParams, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, world: World = SINGLE
+) -> RolloutEngine:
+    """The rollout engine(s) of one training process.
+
+    ``engine: auto`` picks vLLM when a GPU and vllm are present, HF otherwise (logged). With
+    ``rollout_engines`` N > 1, a ``ShardedEngine`` over N engines: engine 0 on the trainer's device,
+    engines 1..N-1 on GPUs of their own (``rollout_gpus``; on a CPU machine all share the cores).
+    """
     name = cfg.engine
     if name == "auto":
         name = "vllm" if torch.cuda.is_available() and _vllm_available() else "hf"
         log.info("engine: auto -> %s (cuda available: %s, vllm importable: %s)",
                  name, torch.cuda.is_available(), _vllm_available())
+    extra_gpus = rollout_gpus(cfg, world)
+    if cfg.rollout_engines > 1:
+        log.info("rollout_engines %d: engine 0 on %s, the others on %s", cfg.rollout_engines, policy.device,
+                 f"GPUs {extra_gpus}" if torch.cuda.is_available() else "the same CPU (no speed-up: they share its cores)")
     if name == "vllm":
-        return _make_vllm_engine(cfg, policy, tokenizer)
-    if cfg.rollout_dtype == "float32" and policy.dtype == torch.float32:
-        engine_model = policy  # share weights: syncing is free
+        # Pinned engines first: the in-process engine freezes vLLM's environment (dashrl.vllm_engine).
+        extra = [_make_vllm_engine(cfg, policy, copy.deepcopy(tokenizer), device_ids=[gpu]) for gpu in extra_gpus]
+        engines = [_make_vllm_engine(cfg, policy, tokenizer), *extra]
     else:
-        engine_model = copy.deepcopy(policy).to(torch.bfloat16 if cfg.rollout_dtype == "bfloat16" else torch.float32)
-        engine_model.requires_grad_(False)
-    return HFEngine(engine_model, tokenizer, max_batch_rows=cfg.rollout_batch_rows)
+        dtype = torch.bfloat16 if cfg.rollout_dtype == "bfloat16" else torch.float32
+        devices = [policy.device] + [torch.device("cuda", gpu) if torch.cuda.is_available() else policy.device
+                                     for gpu in extra_gpus]
+        engines = []
+        for k, device in enumerate(devices):
+            if k == 0 and dtype == torch.float32 and policy.dtype == torch.float32:
+                engine_model = policy  # share weights: syncing is free
+            else:
+                engine_model = copy.deepcopy(policy).to(device=device, dtype=dtype).requires_grad_(False)
+            engines.append(HFEngine(engine_model, tokenizer if k == 0 else copy.deepcopy(tokenizer),
+                                    max_batch_rows=cfg.rollout_batch_rows))
+    return engines[0] if len(engines) == 1 else ShardedEngine(engines)
 
 
-def _make_vllm_engine(cfg: RLRunParams, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
-    """A colocated vLLM engine holding its own ``rollout_dtype`` copy of the policy, synced in place."""
+def rollout_gpus(cfg: RLRunParams, world: World) -> list[int]:
+    """The CUDA device indices of this process's engines 1..N-1 (engine 0 shares the trainer's device).
+
+    The machine's first ``world.local_size`` GPUs train (one per process, engine 0 beside each);
+    the next ones hold the other engines, ``rollout_engines - 1`` per process in local-rank order.
+    Raises, naming the param, when the machine has too few GPUs. Without CUDA: no GPUs to place
+    (the engines share the CPU) and the indices only number the engines.
+    """
+    n_extra = cfg.rollout_engines - 1
+    first = world.local_size + world.local_rank * n_extra
+    gpus = list(range(first, first + n_extra))
+    if gpus and torch.cuda.is_available() and gpus[-1] >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"rollout_engines: {cfg.rollout_engines} (params.yaml rl): {world.local_size} training process(es) x "
+            f"{cfg.rollout_engines} engines need {world.local_size * cfg.rollout_engines} GPUs on this machine, "
+            f"{torch.cuda.device_count()} visible")
+    return gpus
+
+
+def _make_vllm_engine(
+    cfg: RLRunParams, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device_ids: list[int] | None = None
+) -> RolloutEngine:
+    """A vLLM engine holding its own ``rollout_dtype`` copy of the policy, synced in place: colocated
+    in this process (``device_ids`` None) or in its own process on ``device_ids``."""
     from dashrl.vllm_engine import VLLMEngine, vllm_device_error
 
     problem = vllm_device_error()
     if problem:
         raise RuntimeError(f"engine: vllm (params.yaml rl engine) cannot run here: {problem}; use engine: hf or auto")
     log.info("engine: vllm (rollout_dtype %s, vllm_gpu_memory_utilization %s, vllm_tensor_parallel_size %d, "
-             "max_num_seqs = rollout_batch_rows %d)", cfg.rollout_dtype, cfg.vllm_gpu_memory_utilization,
-             cfg.vllm_tensor_parallel_size, cfg.rollout_batch_rows)
+             "max_num_seqs = rollout_batch_rows %d%s)", cfg.rollout_dtype, cfg.vllm_gpu_memory_utilization,
+             cfg.vllm_tensor_parallel_size, cfg.rollout_batch_rows, "" if device_ids is None else f", GPUs {device_ids}")
     return VLLMEngine.from_policy(
         policy, tokenizer, dtype=cfg.rollout_dtype, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         tensor_parallel_size=cfg.vllm_tensor_parallel_size, max_num_seqs=cfg.rollout_batch_rows, seed=cfg.seed,
+        device_ids=device_ids,
     )
 
 
@@ -589,7 +632,7 @@ def build_run(
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_optimizer_steps))
     return RLRun(cfg=cfg, prompt=prompt, grader=grader, policy=policy, tokenizer=tokenizer,
-                 engine=make_engine(cfg, policy, tokenizer), optimizer=optimizer, scheduler=scheduler,
+                 engine=make_engine(cfg, policy, tokenizer, world), optimizer=optimizer, scheduler=scheduler,
                  schedule=schedule, total_steps=total_steps, reference=reference, world=world)
 
 

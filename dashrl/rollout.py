@@ -13,13 +13,19 @@ string (chat template or BOS + raw text). Batches use left padding.
 Seeding: chunk ``c`` of a call with seed ``s`` draws from its own ``torch.Generator`` seeded with
 ``derive_seed(s, c)``: the global RNG is untouched, and the same seed, prompts and batch size give
 the same completions.
+
+``ShardedEngine`` splits one call over several engines (the paper's "engine call split over several
+inference servers"): each gets a contiguous share of whole prompts, so a group's G samples come
+from one engine; the engines run concurrently and the results come back in input order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -210,6 +216,63 @@ class HFEngine:
             ))
         stats.generated_tokens += int(lengths.sum())
         return completions
+
+
+class ShardedEngine:
+    """One rollout batch split over several engines that hold the same weights.
+
+    Engine ``k`` gets the ``k``-th of ``len(engines)`` contiguous, near-equal shares of the prompts
+    (whole prompts, so all ``n`` samples of a prompt come from one engine; an engine whose share is
+    empty is not called). Shard 0 samples with the call's seed, shard ``k > 0`` with
+    ``derive_seed(seed, k)``: shard 0 gets exactly what its engine alone would return for those
+    prompts, and the same seed, prompts and engine count give the same completions. (Changing the
+    engine count changes which seed a prompt draws from, as changing the batch size does.)
+
+    The engines run in threads: useful when each has its own device (a GPU each, or a vLLM engine
+    core in its own process); engines on the same CPU cores only take turns. ``sync_weights`` loads
+    the policy into every engine. ``last_stats`` adds up the engines' tokens and slots; ``wall_s`` is
+    the whole call's (the slowest engine's) time and ``chunk_wall_s`` lists each engine's.
+    """
+
+    def __init__(self, engines: Sequence[RolloutEngine]):
+        if not engines:
+            raise ValueError("ShardedEngine needs at least one engine")
+        self.engines = list(engines)
+        self.name = f"{'+'.join(sorted({e.name for e in self.engines}))} x{len(self.engines)}"
+        self.last_stats = GenerationStats()
+        self._pool = ThreadPoolExecutor(max_workers=len(self.engines), thread_name_prefix="rollout-engine")
+
+    def shards(self, n_prompts: int) -> list[range]:
+        """Engine k's prompts: contiguous, sizes differing by at most one, larger shares first."""
+        per_engine, extra = divmod(n_prompts, len(self.engines))
+        bounds = [0]
+        for k in range(len(self.engines)):
+            bounds.append(bounds[-1] + per_engine + (k < extra))
+        return [range(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
+        start = time.perf_counter()
+        calls = [(engine, shard, sampling if k == 0 else dataclasses.replace(sampling, seed=derive_seed(sampling.seed, k)))
+                 for k, (engine, shard) in enumerate(zip(self.engines, self.shards(len(prompts)), strict=True)) if shard]
+        futures = [self._pool.submit(engine.generate, [prompts[i] for i in shard], n, shard_sampling)
+                   for engine, shard, shard_sampling in calls]
+        results: list[list[Completion]] = []
+        stats = GenerationStats()
+        for (engine, _shard, _sampling), future in zip(calls, futures, strict=True):
+            results += future.result()  # re-raises an engine's error here
+            stats.generated_tokens += engine.last_stats.generated_tokens
+            stats.padded_token_slots += engine.last_stats.padded_token_slots
+            stats.engine_calls += engine.last_stats.engine_calls
+            stats.chunk_wall_s.append(engine.last_stats.wall_s)
+        stats.wall_s = time.perf_counter() - start
+        self.last_stats = stats
+        log.info("%d engines generated %d sequences in %.1f s (per engine: %s s)", len(calls), len(prompts) * n,
+                 stats.wall_s, ", ".join(f"{w:.1f}" for w in stats.chunk_wall_s))
+        return results
+
+    def sync_weights(self, policy: PreTrainedModel) -> None:
+        for future in [self._pool.submit(engine.sync_weights, policy) for engine in self.engines]:
+            future.result()
 
 
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)

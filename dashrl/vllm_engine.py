@@ -2,7 +2,8 @@
 
 The engine holds its own copy of the policy inside vLLM (built once from a model directory) and is
 kept current by ``sync_weights(policy)``: the policy's parameters are handed to the worker with
-``LLM.collective_rpc`` and loaded in place by ``model_runner.reload_weights(weights_iterator=...)``
+``LLM.collective_rpc`` (a method this module mixes into vLLM's workers) and loaded in place by
+``model_runner.reload_weights(weights_iterator=...)``
 (which also re-runs the backend's post-load processing, e.g. the CPU backend's weight repacking;
 a plain ``model.load_weights`` misses that), then the prefix cache is reset so no KV block computed
 with the old weights is reused. No disk round trip.
@@ -26,9 +27,17 @@ make vLLM loop over seeded rows in its sampler: a small cost per decoding step.
 
 Process model: with ``tensor_parallel_size == 1`` the engine core runs in this process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so ``collective_rpc`` passes the policy's tensors by
-reference (no pickling; on a GPU the copy is device to device). With ``tensor_parallel_size > 1``
-vLLM runs worker processes and the weights travel to them as CPU tensors over its RPC channel
-(slower; not exercised by the tests here). One engine per process: no data-parallel engines.
+reference (no serialisation; on a GPU the copy is device to device). Otherwise (tensor parallel,
+or an engine pinned to other GPUs) vLLM's engine core and workers are other processes and the
+weights travel as one safetensors blob of CPU tensors over vLLM's RPC channel: a copy through host
+memory at every sync (tested on the CPU build with a pinned engine; TP > 1 not tested here).
+
+Several engines (``dashrl.rollout.ShardedEngine``): an engine built with ``device_ids`` runs its
+engine core in its own process that sees only those GPUs (``CUDA_VISIBLE_DEVICES`` at spawn), so one
+trainer can drive engines on other GPUs. Build those engines before an in-process one: the
+in-process engine core freezes vLLM's environment variables for this process
+(``vllm.envs.enable_envs_cache``), which this module undoes before each pinned engine when the vLLM
+version has ``disable_envs_cache``.
 
 Expected log noise: "Chat template warmup failed" at start-up (vLLM has no tokenizer here, by
 design: ``skip_tokenizer_init``), and "RotaryEmbedding / ParallelLMHead: Failed to load weights" at
@@ -39,11 +48,12 @@ vllm is imported lazily: this module imports without it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -82,23 +92,72 @@ def _vllm_version() -> str:
     return getattr(vllm, "__version__", "?")
 
 
-def _reload_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> int:
-    """Runs on each vLLM worker: load ``weights`` (HF names) in place. Returns the count loaded.
+class WeightSyncExtension:
+    """Mixed into every vLLM worker (``worker_extension_cls``), so ``collective_rpc`` can call it by
+    name: a function object would have to be pickled to reach a worker in another process, which
+    vLLM refuses unless ``VLLM_ALLOW_INSECURE_SERIALIZATION`` is set. Tensors it encodes itself."""
 
-    Tied embeddings: the checkpoint has no ``lm_head.weight`` (vLLM skips it and ties the head to
-    ``embed_tokens``), so the layer-wise reload finds nothing to load for the head and puts its old
-    kernel tensors back; on CPU those are a separately packed GEMM copy of the OLD embedding
-    (measured: greedy output stayed stale). Re-tie the head and re-run its post-load processing.
-    """
-    worker.model_runner.reload_weights(weights_iterator=iter(weights))
-    model = worker.model_runner.get_model()
-    config = getattr(model, "config", None)
-    head, inner = getattr(model, "lm_head", None), getattr(model, "model", None)
-    embed = getattr(inner, "embed_tokens", None)
-    if getattr(config, "tie_word_embeddings", False) and head is not None and embed is not None:
-        head.weight = embed.weight
-        head.quant_method.process_weights_after_loading(head)
-    return len(weights)
+    def dashrl_reload_weights(self, weights: list[tuple[str, torch.Tensor]] | bytes) -> int:
+        """Load ``weights`` (HF names) in place. Returns the count loaded.
+
+        ``weights``: (name, tensor) pairs from an engine in the same process, or the safetensors
+        bytes of them from another process (vLLM's RPC encodes tensors as untyped tuples that only
+        a typed receiver decodes; bytes arrive as they left).
+
+        Tied embeddings: the checkpoint has no ``lm_head.weight`` (vLLM skips it and ties the head to
+        ``embed_tokens``), so the layer-wise reload finds nothing to load for the head and puts its
+        old kernel tensors back; on CPU those are a separately packed GEMM copy of the OLD embedding
+        (measured: greedy output stayed stale). Re-tie the head and re-run its post-load processing.
+        """
+        if isinstance(weights, bytes):
+            from safetensors.torch import load
+
+            weights = list(load(weights).items())
+        self.model_runner.reload_weights(weights_iterator=iter(weights))  # type: ignore[attr-defined]
+        model = self.model_runner.get_model()  # type: ignore[attr-defined]
+        config = getattr(model, "config", None)
+        head, inner = getattr(model, "lm_head", None), getattr(model, "model", None)
+        embed = getattr(inner, "embed_tokens", None)
+        if getattr(config, "tie_word_embeddings", False) and head is not None and embed is not None:
+            head.weight = embed.weight
+            head.quant_method.process_weights_after_loading(head)
+        return len(weights)
+
+
+@contextlib.contextmanager
+def _pinned(device_ids: list[int] | None) -> Iterator[None]:
+    """While starting a pinned engine: engine core in its own process, seeing only ``device_ids``."""
+    if device_ids is None:
+        yield
+        return
+    import vllm.envs
+
+    if hasattr(vllm.envs, "disable_envs_cache"):  # an in-process engine froze the variables
+        vllm.envs.disable_envs_cache()
+    names = ("VLLM_ENABLE_V1_MULTIPROCESSING", "CUDA_VISIBLE_DEVICES")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+    if torch.cuda.is_available():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(physical_gpu(i)) for i in device_ids)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def physical_gpu(index: int) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` entry of this process's CUDA device ``index``."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not visible:
+        return str(index)
+    entries = [v.strip() for v in visible.split(",") if v.strip()]
+    if index >= len(entries):
+        raise ValueError(f"GPU {index} requested but CUDA_VISIBLE_DEVICES={visible!r} lists {len(entries)}")
+    return entries[index]
 
 
 class VLLMEngine:
@@ -107,6 +166,9 @@ class VLLMEngine:
     ``dtype``: the engine's compute dtype (its copy of the policy). ``gpu_memory_utilization``: the
     share of GPU memory vLLM may take (weights + KV cache); colocated with training, leave room for
     the policy, gradients and optimizer state. ``max_num_seqs``: sequences decoded together.
+    ``device_ids``: None (default) runs the engine core in this process (``tensor_parallel_size`` 1)
+    on this process's GPU; else the indices of this process's CUDA devices the engine runs on, in
+    its own process (one per tensor-parallel rank; ignored by the CPU build).
     """
 
     name = "vllm"
@@ -123,6 +185,7 @@ class VLLMEngine:
         max_num_seqs: int = 256,
         max_model_len: int | None = None,
         seed: int = 0,
+        device_ids: Sequence[int] | None = None,
     ):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -138,7 +201,10 @@ class VLLMEngine:
         problem = vllm_device_error()
         if problem:
             raise RuntimeError(f"VLLMEngine: {problem}")
-        self.in_process = tensor_parallel_size == 1
+        if device_ids is not None and len(device_ids) != tensor_parallel_size:
+            raise ValueError(f"device_ids {list(device_ids)}: need one GPU per tensor-parallel rank ({tensor_parallel_size})")
+        self.device_ids = None if device_ids is None else [int(i) for i in device_ids]
+        self.in_process = tensor_parallel_size == 1 and device_ids is None
         if self.in_process:
             # Engine core in this process: collective_rpc hands tensors over by reference.
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -148,21 +214,23 @@ class VLLMEngine:
         self.eos_ids = sorted(set(eos_ids))
         self.last_stats = GenerationStats()
         start = time.perf_counter()
-        self.llm = LLM(
-            model=str(model_dir),
-            dtype=_DTYPES[dtype],
-            gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size,
-            max_num_seqs=max_num_seqs,
-            max_model_len=max_model_len,
-            seed=seed,
-            logprobs_mode="processed_logprobs",  # log-probs of the sampling distribution (module doc)
-            skip_tokenizer_init=True,  # token ids in, token ids out; this module tokenises and decodes
-            enable_prefix_caching=True,  # the G samples of a prompt share its prefill
-        )
-        log.info("vLLM %s engine up in %.1f s (model %s, dtype %s, tp %d, gpu_memory_utilization %.2f)",
+        with _pinned(self.device_ids):
+            self.llm = LLM(
+                model=str(model_dir),
+                dtype=_DTYPES[dtype],
+                gpu_memory_utilization=gpu_memory_utilization,
+                tensor_parallel_size=tensor_parallel_size,
+                max_num_seqs=max_num_seqs,
+                max_model_len=max_model_len,
+                seed=seed,
+                logprobs_mode="processed_logprobs",  # log-probs of the sampling distribution (module doc)
+                skip_tokenizer_init=True,  # token ids in, token ids out; this module tokenises and decodes
+                enable_prefix_caching=True,  # the G samples of a prompt share its prefill
+                worker_extension_cls=f"{__name__}.WeightSyncExtension",  # sync_weights' entry point
+            )
+        log.info("vLLM %s engine up in %.1f s (model %s, dtype %s, tp %d, gpu_memory_utilization %.2f, %s)",
                  _vllm_version(), time.perf_counter() - start, model_dir, dtype, tensor_parallel_size,
-                 gpu_memory_utilization)
+                 gpu_memory_utilization, "in process" if self.in_process else f"own process, GPUs {self.device_ids}")
 
     @classmethod
     def from_policy(cls, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **kwargs: Any) -> VLLMEngine:
@@ -246,7 +314,15 @@ class VLLMEngine:
     def sync_weights(self, policy: PreTrainedModel) -> None:
         """Load the policy's current parameters into vLLM in place, then drop the prefix cache."""
         start = time.perf_counter()
-        weights = [(name, p.detach() if self.in_process else p.detach().cpu()) for name, p in policy.named_parameters()]
-        loaded = self.llm.collective_rpc(_reload_weights, args=(weights,))
+        weights = [(name, p.detach()) for name, p in policy.named_parameters()]
+        payload = weights if self.in_process else _safetensors_bytes(weights)
+        loaded = self.llm.collective_rpc("dashrl_reload_weights", args=(payload,))
         self.llm.reset_prefix_cache()
         log.info("synced %d tensors into vLLM (%d workers) in %.2f s", len(weights), len(loaded), time.perf_counter() - start)
+
+
+def _safetensors_bytes(weights: list[tuple[str, torch.Tensor]]) -> bytes:
+    """(name, tensor) pairs as one safetensors blob (``named_parameters`` lists a tied tensor once)."""
+    from safetensors.torch import save
+
+    return save({name: tensor.detach().cpu().contiguous() for name, tensor in weights})

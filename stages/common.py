@@ -1,9 +1,16 @@
-"""Shared stage plumbing: logging and the command-line entry."""
+"""Shared stage plumbing: logging, and the training stages' checked inputs."""
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
+
+import pandas as pd
+
+from dashrl.data import read_problems
+from dashrl.params import ParamsError
+from stages import paths
 
 
 def setup_logging() -> None:
@@ -12,3 +19,18 @@ def setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+
+
+def training_inputs(key: str, init_from: str, dataset: str, train_levels: list[int] | None) -> tuple[Path, Path, pd.DataFrame]:
+    """A training stage's initial model directory, train split, and the split's problems at
+    ``train_levels`` (None: all), checked before any work; errors name the params key (``key``,
+    e.g. ``rl.runs.dash``) and the value."""
+    init_dir, train_file = paths.model_dir(init_from), paths.prepared(dataset, "train")
+    if not (init_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{init_dir}: no model there ({key}.init_from: {init_from!r}); run its stage first")
+    problems = read_problems(train_file)
+    if train_levels is not None:
+        problems = problems[problems["level"].isin(train_levels)]
+    if problems.empty:
+        raise ParamsError(f"params.yaml: {key}.train_levels: {train_levels}: no problem of {train_file} has these levels")
+    return init_dir, train_file, problems

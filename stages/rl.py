@@ -20,30 +20,22 @@ import time
 
 import numpy as np
 
-from dashrl.data import read_problems
 from dashrl.distributed import SINGLE, World, init_from_env, teardown
 from dashrl.io import atomic_dir, atomic_file, run_record, write_json
 from dashrl.models import dir_sha256, load_tokenizer
-from dashrl.params import Params, ParamsError, load_params, section_dict
+from dashrl.params import Params, load_params, section_dict
 from dashrl.reporting import plot_rl_curves
 from dashrl.rl import read_metrics, train
 from stages import paths
-from stages.common import setup_logging
+from stages.common import setup_logging, training_inputs
 
 log = logging.getLogger("stages.rl")
 
 
 def main(params: Params, run_name: str, world: World = SINGLE) -> None:
     cfg = params.rl.run(run_name)
-    init_dir, train_file = paths.model_dir(cfg.init_from), paths.prepared(cfg.dataset, "train")
     # Everything that can be wrong is checked before the first sample.
-    if not (init_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{init_dir}: no model there (rl.runs.{run_name}.init_from: {cfg.init_from!r}); run its stage first")
-    problems = read_problems(train_file)
-    if cfg.train_levels is not None:
-        problems = problems[problems["level"].isin(cfg.train_levels)]
-        if problems.empty:
-            raise ParamsError(f"params.yaml: rl.runs.{run_name}.train_levels: {cfg.train_levels}: no problem of {train_file} has these levels")
+    init_dir, train_file, problems = training_inputs(f"rl.runs.{run_name}", cfg.init_from, cfg.dataset, cfg.train_levels)
     tokenizer = load_tokenizer(init_dir)
 
     start = time.perf_counter()

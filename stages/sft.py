@@ -22,31 +22,23 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from dashrl.data import read_problems
 from dashrl.io import atomic_dir, atomic_file, run_record, write_json
 from dashrl.models import default_device, dir_sha256, load_model, load_tokenizer, materialise_model
-from dashrl.params import Params, ParamsError, SFTRunParams, load_params, section_dict
+from dashrl.params import Params, SFTRunParams, load_params, section_dict
 from dashrl.reporting import plot_sft_loss
 from dashrl.rollout import HFEngine, SamplingConfig
 from dashrl.sft import Example, reference_examples, rejection_sampled_examples, sft_train
 from stages import paths
-from stages.common import setup_logging
+from stages.common import setup_logging, training_inputs
 
 log = logging.getLogger("stages.sft")
 
 
 def main(params: Params, run_name: str) -> None:
     cfg = params.sft.run(run_name)
-    init_dir, train_file = paths.model_dir(cfg.init_from), paths.prepared(cfg.dataset, "train")
-    if not (init_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{init_dir}: no model there (sft.runs.{run_name}.init_from: {cfg.init_from!r}); run its stage first")
-    problems = read_problems(train_file)
-    if cfg.train_levels is not None:
-        problems = problems[problems["level"].isin(cfg.train_levels)]
+    init_dir, train_file, problems = training_inputs(f"sft.runs.{run_name}", cfg.init_from, cfg.dataset, cfg.train_levels)
     if cfg.max_problems is not None:
         problems = problems.head(cfg.max_problems)
-    if problems.empty:
-        raise ParamsError(f"params.yaml: sft.runs.{run_name}.train_levels: {cfg.train_levels}: no problem of {train_file} has these levels")
     if cfg.source == "reference" and (problems["solution"].fillna("").str.strip() == "").any():
         missing = problems.loc[problems["solution"].fillna("").str.strip() == "", "id"].iloc[0]
         raise ValueError(f"{train_file}: field solution: empty for problem {missing!r}; source: reference needs worked solutions")

@@ -122,7 +122,7 @@ def save_result(out_dir: Path, rank: int, run: RLRun, outs: list[StepOutput]) ->
 def use_fixed_batch() -> None:
     """Parity rewards everywhere; FixedEngine completions for train()."""
     dashrl.rl.grade_batch = parity_grade_batch
-    dashrl.rl.make_engine = lambda cfg, policy, tokenizer: FixedEngine(tokenizer)
+    dashrl.rl.make_engine = lambda cfg, policy, tokenizer, world=None: FixedEngine(tokenizer)
 
 
 def main(out: Path, model_dir: Path) -> None:

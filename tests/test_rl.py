@@ -87,6 +87,7 @@ DEFAULTS = {
     "rollout_batch_rows": 64,
     "vllm_gpu_memory_utilization": 0.3,
     "vllm_tensor_parallel_size": 1,
+    "rollout_engines": 1,
     "train_dtype": "float32",
     "seed": 0,
     "checkpoint_every": 0,
@@ -353,6 +354,28 @@ def test_every_parameter_changes_after_one_step(tiny_model_dir, tokenizer, probl
     assert unchanged == []
 
 
+@pytest.mark.parametrize("sampling", ["preemptive", "per_micro_batch"])
+def test_a_step_over_two_engines_samples_every_group_and_syncs_both(tiny_model_dir, tokenizer, problems, scripted_rewards, sampling):
+    """rollout_engines 2: each engine call is split over two HF engines (engine 0 shares the policy,
+    engine 1 holds a copy); after the step both hold the updated weights."""
+    cfg = make_cfg(sampling=sampling, rollout_engines=2, micro_batch_size=8)  # per_micro_batch: 2 prompts a call
+    run = build_run(cfg, tiny_model_dir, tokenizer, problems)
+    first, second = run.engine.engines
+    assert first.model is run.policy and second.model is not run.policy
+    out = rl_step(run, 0)
+    assert out.metrics["samples"] == cfg.prompts_per_step * G and out.metrics["optimizer_steps"] == 1
+    assert out.rollouts["prompt_index"].tolist() == [i for i in range(cfg.prompts_per_step) for _ in range(G)]
+    sampled_tokens = out.metrics["sampling_tokens_per_s"] * out.metrics["time_sampling_s"]
+    assert sampled_tokens == pytest.approx(out.rollouts["tokens"].sum())  # both engines' tokens counted
+    assert out.metrics["logprob_gap_mean"] < 1e-4  # float32 engines: behaviour log-probs are the trainer's
+    assert all(torch.equal(a, b) for a, b in zip(second.model.parameters(), run.policy.parameters(), strict=True))
+    # Seeded: the same step again gives the same samples; one engine draws other ones.
+    again = rl_step(build_run(cfg, tiny_model_dir, tokenizer, problems), 0)
+    assert again.rollouts["completion"].tolist() == out.rollouts["completion"].tolist()
+    single = rl_step(build_run(dataclasses.replace(cfg, rollout_engines=1), tiny_model_dir, tokenizer, problems), 0)
+    assert single.rollouts["completion"].tolist() != out.rollouts["completion"].tolist()
+
+
 # ------------------------------------------------------------------------------------------------
 # 4-5. PPO
 
@@ -533,6 +556,9 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_model_dir, t
          "needs preemptive sampling"),
         ({"steps": 4, "epochs": 1.0}, "steps", "(4, 1.0)", "set exactly one of steps and epochs"),
         ({"steps": None, "epochs": None}, "steps", "(None, None)", "set exactly one of steps and epochs"),
+        ({"rollout_engines": 0}, "rollout_engines", "0", "must be >= 1"),
+        ({"engine": "vllm", "rollout_engines": 2, "vllm_tensor_parallel_size": 2}, "rollout_engines", "(2, 2)",
+         "several vLLM engines need vllm_tensor_parallel_size 1"),
     ],
 )
 def test_bad_rl_configs_are_refused_with_key_and_value(overrides, key, value, why):

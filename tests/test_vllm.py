@@ -32,7 +32,7 @@ from dashrl.models import load_model, load_tokenizer  # noqa: E402
 from dashrl.params import GraderParams, PromptParams, check_rl_run, load_params  # noqa: E402
 from dashrl.rewards import Grade  # noqa: E402
 from dashrl.rl import PromptSchedule, RLRun, lr_lambda, make_engine, rl_step  # noqa: E402
-from dashrl.rollout import SamplingConfig  # noqa: E402
+from dashrl.rollout import SamplingConfig, ShardedEngine, derive_seed  # noqa: E402
 from dashrl.vllm_engine import VLLMEngine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,3 +235,30 @@ def test_bfloat16_engine_syncs_float32_weights(model_dir, tokenizer, policy, eng
     gap_new, gap_old = float(torch.stack(gap_new).mean()), float(torch.stack(gap_old).mean())
     assert gap_new < 0.05, gap_new
     assert gap_old > 4 * gap_new, (gap_old, gap_new)
+
+
+def test_two_engines_share_a_batch_and_both_follow_syncs(cfg, policy, tokenizer):
+    """``rollout_engines: 2``: engine 0 in this process, engine 1 in its own process (on a GPU box, its
+    own GPU); each samples whole prompts; a sync reaches both (engine 1's weights travel pickled)."""
+    sharded = make_engine(dataclasses.replace(cfg, rollout_engines=2), policy, tokenizer)
+    assert isinstance(sharded, ShardedEngine) and [e.in_process for e in sharded.engines] == [True, False]
+    prompts = PROMPTS * 2
+    assert engine_greedy(sharded, prompts, 16) == [hf_greedy(policy, tokenizer, p, 16) for p in prompts]
+
+    updated = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p in updated.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    expected = [hf_greedy(updated, tokenizer, p, 16) for p in prompts]
+    sharded.sync_weights(updated)
+    assert engine_greedy(sharded, prompts, 16) == expected
+    # Sampled: shard 1 is what engine 1 alone draws with derive_seed(seed, 1); log-probs are the loss's.
+    sampling = SamplingConfig(temperature=0.7, max_new_tokens=12, seed=5)
+    out = sharded.generate(prompts, 3, sampling)
+    alone = sharded.engines[1].generate(prompts[4:], 3, dataclasses.replace(sampling, seed=derive_seed(5, 1)))
+    assert [[c.token_ids for c in row] for row in out[4:]] == [[c.token_ids for c in row] for row in alone]
+    assert sharded.last_stats.generated_tokens == sum(c.n_tokens for row in out for c in row)
+    for prompt, row in zip(prompts, out, strict=True):
+        for c in row:
+            gap = (torch.tensor(c.logprobs) - trainer_logprobs(updated, tokenizer, prompt, c.token_ids, sampling)).abs()
+            assert float(gap.max()) < 2e-3
