@@ -71,6 +71,7 @@ lint: $(STAMP)
 lock: $(STAMP)
 	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable; } > constraints.txt.tmp
 	mv constraints.txt.tmp constraints.txt
+	touch $(STAMP)  # .venv already holds these versions
 
 clean-venv:
 	rm -rf $(VENV)
