@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from dashrl.batching import PackedBatch, TreeBatch
 from dashrl.sampling import sampling_logprobs
 
 LOGP_FLOOR = -1e4
@@ -103,6 +104,20 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float, top_k: int = 0,
+                   top_p: float = 1.0) -> torch.Tensor:
+    """Log-probs of ``token_ids`` under the sampling distribution of ``logits``. (..., V), (...) -> (...)."""
+    if top_k == 0 and top_p == 1.0:
+        # Full softmax: log p = z/T - logsumexp(z/T), without materialising (..., V) log-probs.
+        scaled = logits.float() / temperature  # (..., V)
+        chosen = scaled.gather(-1, token_ids[..., None]).squeeze(-1)  # (...)
+        return chosen - torch.logsumexp(scaled, dim=-1)  # (...)
+    logp = sampling_logprobs(logits, temperature, top_k, top_p)  # (..., V)
+    # A token sampled under slightly different weights (bf16 engine, PPO reuse) may fall outside the
+    # current top-k/top-p set: a finite floor keeps the ratio defined; such a token gets no gradient.
+    return logp.gather(-1, token_ids[..., None]).squeeze(-1).clamp(min=LOGP_FLOOR)  # (...)
+
+
 def completion_logprobs(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
@@ -112,7 +127,7 @@ def completion_logprobs(
     top_k: int = 0,
     top_p: float = 1.0,
 ) -> torch.Tensor:
-    """Log-probs of the completion tokens under the sampling distribution.
+    """Log-probs of the completion tokens under the sampling distribution (the padded layout).
 
     input_ids, attention_mask: (B, Tp + Tc), prompts left-padded to Tp, completions right-padded to
     Tc; completion_ids: (B, Tc). Returns (B, Tc). The head runs only on the Tc + 1 last positions.
@@ -120,14 +135,36 @@ def completion_logprobs(
     n_completion = completion_ids.shape[1]
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, Tp + Tc)
     logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=n_completion + 1
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=n_completion + 1,
+        use_cache=False,
     ).logits[:, :-1, :]  # (B, Tc, V): position t predicts completion token t
-    if top_k == 0 and top_p == 1.0:
-        # Full softmax: log p = z/T - logsumexp(z/T), without materialising (B, Tc, V) log-probs.
-        scaled = logits.float() / temperature  # (B, Tc, V)
-        chosen = scaled.gather(-1, completion_ids[..., None]).squeeze(-1)  # (B, Tc)
-        return chosen - torch.logsumexp(scaled, dim=-1)  # (B, Tc)
-    logp = sampling_logprobs(logits, temperature, top_k, top_p)  # (B, Tc, V)
-    # A token sampled under slightly different weights (bf16 engine, PPO reuse) may fall outside the
-    # current top-k/top-p set: a finite floor keeps the ratio defined; such a token gets no gradient.
-    return logp.gather(-1, completion_ids[..., None]).squeeze(-1).clamp(min=LOGP_FLOOR)  # (B, Tc)
+    return token_logprobs(logits, completion_ids, temperature, top_k, top_p)  # (B, Tc)
+
+
+def tree_completion_logprobs(
+    model: PreTrainedModel, batch: TreeBatch, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """The same log-probs from the tree layout (``dashrl.batching.pack_trees``). Returns (B, Tc), 0 at padding.
+
+    The decoder runs on the packed rows; the head only on the N positions that predict a completion
+    token. Needs a model whose logits are ``lm_head(last hidden state)`` (Llama, Qwen2, SmolLM, ...).
+    """
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise ValueError(f"{type(model).__name__} soft-caps its logits: use packing: padded")
+    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 position_ids=batch.position_ids, use_cache=False).last_hidden_state  # (R, L, H)
+    hidden = hidden.reshape(-1, hidden.shape[-1])[batch.predictor_index]  # (N, H)
+    logits = model.get_output_embeddings()(hidden)  # (N, V)
+    targets = batch.completion_ids[batch.token_row, batch.token_col]  # (N,)
+    flat = token_logprobs(logits, targets, temperature, top_k, top_p)  # (N,)
+    out = flat.new_zeros(batch.completion_ids.shape)  # (B, Tc)
+    return out.index_put((batch.token_row, batch.token_col), flat)  # (B, Tc)
+
+
+def batch_logprobs(
+    model: PreTrainedModel, batch: PackedBatch | TreeBatch, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """Completion log-probs (B, Tc) of a batch in either layout (``dashrl.batching``)."""
+    if isinstance(batch, TreeBatch):
+        return tree_completion_logprobs(model, batch, temperature, top_k, top_p)
+    return completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.completion_ids, temperature, top_k, top_p)

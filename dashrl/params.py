@@ -83,7 +83,7 @@ class GenerationParams:
     max_new_tokens: int
     samples_per_problem: int
     batch_size: int  # prompts per engine call
-    dtype: Literal["float32", "bfloat16"]  # compute dtype of generation (fixed so results compare)
+    dtype: Literal["auto", "float32", "bfloat16"]  # compute dtype of generation (auto: dashrl.hardware)
     seed: int
     max_problems: int | None  # None: the whole split
 
@@ -129,8 +129,9 @@ class SFTRunParams:
     lr: float
     epochs: int
     batch_size: int  # sequences per optimizer step
+    packing: Literal["tree", "padded"]  # batch layout (dashrl.batching): tree packs several sequences per row
     max_length: int  # prompt + completion tokens; longer completions are cut
-    train_dtype: Literal["float32", "bfloat16"]
+    train_dtype: Literal["auto", "float32", "bfloat16"]  # auto: bf16 autocast only where bf16 is native
     seed: int
 
 
@@ -156,6 +157,7 @@ class RLRunParams:
     prompts_per_step: int
     group_size: int  # G: completions per prompt
     micro_batch_size: int  # sequences per forward/backward pass
+    packing: Literal["tree", "padded"]  # micro-batch layout (dashrl.batching): tree shares each prompt
     steps: int | None  # rollout steps; exactly one of steps / epochs
     epochs: float | None  # passes over the (level-filtered) training prompts
     # DASH: preemptive = the whole step's rollouts in one engine call; per_micro_batch = generate
@@ -182,12 +184,12 @@ class RLRunParams:
     top_p: float
     top_k: int  # 0: off
     engine: Literal["auto", "hf", "vllm"]
-    rollout_dtype: Literal["float32", "bfloat16"]  # the engine's copy of the policy
+    rollout_dtype: Literal["auto", "float32", "bfloat16"]  # the engine's copy of the policy (auto: dashrl.hardware)
     rollout_batch_rows: int  # sequences decoded together
     vllm_gpu_memory_utilization: float  # engine vllm: share of GPU memory vLLM takes (weights + KV cache)
     vllm_tensor_parallel_size: int  # engine vllm: GPUs one engine shards the model over
     rollout_engines: int  # engines per training process sharing each rollout batch (one GPU each)
-    train_dtype: Literal["float32", "bfloat16"]  # bfloat16: autocast with fp32 master weights
+    train_dtype: Literal["auto", "float32", "bfloat16"]  # bfloat16: autocast with fp32 master weights
     seed: int
     checkpoint_every: int  # rollout steps between checkpoints (0: only at the end)
     keep_checkpoints: int  # newest checkpoints kept on disk

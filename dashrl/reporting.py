@@ -45,6 +45,44 @@ def results_table(metrics: Mapping[tuple[str, str], Mapping[str, Any]]) -> pd.Da
     return table[[*TABLE_COLUMNS, *extra]]
 
 
+COMPUTE_COLUMNS = ("stage", "dtypes", "device", "cpu", "cpu_flags", "bf16_native")
+
+
+def compute_table(records: Mapping[str, Mapping[str, Any] | None]) -> pd.DataFrame:
+    """Where and in which dtype each stage computed: stage -> its run.json ``compute`` record (None:
+    not recorded, e.g. a run from before dtypes were recorded)."""
+    rows = []
+    for stage, c in records.items():
+        if c is None:
+            rows.append({"stage": stage, **{k: None for k in COMPUTE_COLUMNS[1:]}})
+            continue
+        rows.append({
+            "stage": stage,
+            "dtypes": ", ".join(f"{k} {v}" for k, v in c["dtypes"].items()),
+            "device": c.get("gpu") or c["device"],
+            "cpu": c["cpu_model"],
+            "cpu_flags": " ".join(c["cpu_flags"]) or "—",
+            "bf16_native": c["bf16_native"],
+        })
+    return pd.DataFrame(rows, columns=list(COMPUTE_COLUMNS))
+
+
+def compute_notes(records: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """Notes for the report: results in different dtypes or from different machines do not compare."""
+    known = [c for c in records.values() if c is not None]
+    dtypes = sorted({v for c in known for v in c["dtypes"].values()})
+    machines = sorted({c.get("gpu") or c["cpu_model"] for c in known})
+    notes = ["Results computed in different dtypes are not comparable: bf16 and fp32 sample different tokens "
+             "within a few dozen steps, so a run's numbers move with the dtype and the machine, not only the seed."]
+    if len(dtypes) > 1:
+        notes.append(f"WARNING: these results mix dtypes ({', '.join(dtypes)}): compare only rows computed alike.")
+    if len(machines) > 1:
+        notes.append(f"WARNING: these results come from different machines ({'; '.join(machines)}).")
+    if len(known) < len(records):
+        notes.append("Stages marked — did not record their dtype and machine (run before this was recorded).")
+    return notes
+
+
 def _k_sort_key(column: str) -> tuple[str, int]:
     name, _, k = column.partition("@")
     return name, int(k) if k.isdigit() else 0

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -58,19 +59,21 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dashrl.advantages import group_advantages, keep_mask, zero_variance_fraction
-from dashrl.batching import PackedBatch, pack_sequences
+from dashrl.batching import PackedBatch, TreeBatch, get_packing
 from dashrl.distributed import SINGLE, World
+from dashrl.hardware import resolve_dtype
 from dashrl.io import atomic_dir, atomic_file
 from dashrl.losses import (
     LossAggregation,
     StepCounts,
-    completion_logprobs,
+    batch_logprobs,
     get_loss_agg,
     kl_k3,
     policy_token_loss,
 )
 from dashrl.models import file_sha256, load_model, render_prompt
 from dashrl.params import GraderParams, PromptParams, RLRunParams
+from dashrl.progress import progress
 from dashrl.rewards import grade_batch
 from dashrl.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, ShardedEngine, derive_seed
 
@@ -133,16 +136,27 @@ class MicroBatch(PackedBatch):
     advantages: torch.Tensor  # (B,)
 
 
-def pack(samples: list[Sample], pad_id: int, device: torch.device) -> MicroBatch:
-    packed = pack_sequences([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples], pad_id, device,
-                            behaviour_logprobs=[s.completion.logprobs for s in samples])
+@dataclass
+class TreeMicroBatch(TreeBatch):
+    advantages: torch.Tensor  # (B,)
+
+
+def pack(samples: list[Sample], pad_id: int, device: torch.device, packing: str = "padded") -> MicroBatch | TreeMicroBatch:
+    """One micro-batch in the ``packing`` layout (``dashrl.batching``), with its advantages."""
+    packed = get_packing(packing).pack([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples],
+                                       pad_id, device, behaviour_logprobs=[s.completion.logprobs for s in samples])
     advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32, device=device)  # (B,)
-    return MicroBatch(**vars(packed), advantages=advantages)
+    cls = TreeMicroBatch if isinstance(packed, TreeBatch) else MicroBatch
+    return cls(**vars(packed), advantages=advantages)
 
 
-def micro_batches(samples: list[Sample], size: int) -> list[list[Sample]]:
-    """Repack samples into micro-batches of up to ``size``, grouped by length to pad little."""
-    ordered = sorted(samples, key=lambda s: (len(s.prompt_ids) + s.completion.n_tokens))
+def micro_batches(samples: list[Sample], size: int, packing: str = "padded") -> list[list[Sample]]:
+    """Repack samples into micro-batches of up to ``size``. ``padded``: sorted by length, so rows pad
+    little; ``tree``: in prompt order, so a micro-batch holds whole groups that share their prompt."""
+    if packing == "tree":
+        ordered = sorted(samples, key=lambda s: (s.prompt_index, s.sample_index))
+    else:
+        ordered = sorted(samples, key=lambda s: (len(s.prompt_ids) + s.completion.n_tokens))
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
@@ -236,7 +250,7 @@ def rl_step(run: RLRun, step: int) -> StepOutput:
         for _epoch in range(cfg.ppo_epochs):
             for lo in range(0, cfg.prompts_per_step, prompts_per_update):
                 update = [s for s in samples if lo <= s.prompt_index < lo + prompts_per_update]
-                for batch in micro_batches([s for s in update if s.kept], cfg.micro_batch_size):
+                for batch in micro_batches([s for s in update if s.kept], cfg.micro_batch_size, cfg.packing):
                     with timer("forward_backward"):
                         backward(run, batch, stats)
                 with timer("optimizer"):
@@ -300,17 +314,15 @@ def backward(run: RLRun, samples: list[Sample], stats: dict[str, float]) -> None
     """Step 5 for one micro-batch: accumulate grad of sum(weights * token loss)."""
     cfg = run.cfg
     run.policy.train()  # the engine may share this module and switch it to eval for sampling
-    batch = pack(samples, run.tokenizer.pad_token_id, run.policy.device)
+    batch = pack(samples, run.tokenizer.pad_token_id, run.policy.device, cfg.packing)
     with run.autocast():
-        logp = completion_logprobs(run.policy, batch.input_ids, batch.attention_mask, batch.completion_ids,
-                                   cfg.temperature, cfg.top_k, cfg.top_p).float()  # (B, Tc)
+        logp = batch_logprobs(run.policy, batch, cfg.temperature, cfg.top_k, cfg.top_p).float()  # (B, Tc)
     mask = batch.completion_mask  # (B, Tc)
     old_logp = logp.detach() if run.on_policy else batch.behaviour_logprobs  # (B, Tc)
     token_loss, clipped = policy_token_loss(logp, old_logp, batch.advantages, cfg.clip_low, cfg.clip_high)  # (B, Tc)
     if cfg.kl_coef > 0:
         with torch.no_grad(), run.autocast():
-            ref_logp = completion_logprobs(run.reference, batch.input_ids, batch.attention_mask, batch.completion_ids,
-                                           cfg.temperature, cfg.top_k, cfg.top_p).float()  # (B, Tc)
+            ref_logp = batch_logprobs(run.reference, batch, cfg.temperature, cfg.top_k, cfg.top_p).float()  # (B, Tc)
         kl = kl_k3(logp, ref_logp)  # (B, Tc)
         token_loss = token_loss + cfg.kl_coef * kl
         stats["kl_sum"] += float((kl.detach() * mask).sum())
@@ -318,7 +330,7 @@ def backward(run: RLRun, samples: list[Sample], stats: dict[str, float]) -> None
     loss = (weights * token_loss).sum()
     loss.backward()
     stats["loss_sum"] += float(loss.detach())
-    stats["trained_tokens"] += float(mask.sum()) + float(batch.attention_mask.sum() - mask.sum())
+    stats["trained_tokens"] += batch.model_tokens  # real tokens through the model (a shared prompt once)
     stats["trained_completion_tokens"] += float(mask.sum())
     stats["clipped_tokens"] += float((clipped & (mask > 0)).sum())
     stats["logprob_gap_sum"] += float(((logp.detach() - batch.behaviour_logprobs).abs() * mask).sum())
@@ -402,6 +414,7 @@ def step_metrics(
         "optimizer_steps": int(stats["optimizer_steps"]),
         "skipped_optimizer_steps": int(stats["skipped_optimizer_steps"]),
         "backward_passes": int(stats["backward_passes"]),
+        "trained_tokens": int(stats["trained_tokens"]),  # real (unpadded) prompt + completion tokens back-propagated
         "logprob_gap_mean": stats["logprob_gap_sum"] / completion_tokens,
         **seconds,
         "time_step_s": wall_s,
@@ -620,6 +633,7 @@ def build_run(
     broadcast so that all start from the same parameters.
     """
     check_world(cfg, world)
+    cfg = resolve_dtypes(cfg, world.device)
     torch.manual_seed(cfg.seed)
     policy = load_model(weights_dir, dtype="float32", device=str(world.device))
     world.broadcast_parameters(policy)
@@ -629,11 +643,18 @@ def build_run(
     schedule = PromptSchedule(problems, cfg.prompts_per_step, cfg.seed)
     total_steps = cfg.steps if cfg.steps is not None else schedule.steps_for(cfg.epochs)
     total_optimizer_steps = total_steps * cfg.ppo_epochs * cfg.optimizer_steps_per_rollout
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel over all parameters (0.8 -> 0.14 s a step for 135M parameters on 2 CPU cores)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_optimizer_steps))
     return RLRun(cfg=cfg, prompt=prompt, grader=grader, policy=policy, tokenizer=tokenizer,
                  engine=make_engine(cfg, policy, tokenizer, world), optimizer=optimizer, scheduler=scheduler,
                  schedule=schedule, total_steps=total_steps, reference=reference, world=world)
+
+
+def resolve_dtypes(cfg: RLRunParams, device: torch.device | str) -> RLRunParams:
+    """``train_dtype`` / ``rollout_dtype`` ``auto`` resolved for ``device`` (``dashrl.hardware``)."""
+    return dataclasses.replace(cfg, train_dtype=resolve_dtype(cfg.train_dtype, device),
+                               rollout_dtype=resolve_dtype(cfg.rollout_dtype, device))
 
 
 def check_world(cfg: RLRunParams, world: World) -> None:
@@ -663,6 +684,7 @@ def train(
     train_file: Path,
     work_dir: Path,
     world: World = SINGLE,
+    progress_label: str | None = None,
 ) -> RLRun:
     """Run (or resume) an RL run. ``work_dir`` holds checkpoints, per-step rollouts and metrics.jsonl.
 
@@ -670,6 +692,7 @@ def train(
     from its newest checkpoint; anything logged after that checkpoint is discarded and redone.
     With several processes (``world``) all of them train; rank 0 alone writes to ``work_dir``.
     """
+    cfg = resolve_dtypes(cfg, world.device)  # a checkpoint resumes only in the dtypes it was trained in
     fingerprint = run_fingerprint(cfg, prompt, grader, init_dir, train_file)
     checkpoint = latest_checkpoint(work_dir, fingerprint)
     world.barrier()  # every process has found its checkpoint before rank 0 may clear the directory
@@ -681,10 +704,17 @@ def train(
     if world.is_main:
         start_work_dir(work_dir, checkpoint, start_step, run.total_steps)
 
-    for step in range(start_step, run.total_steps):
-        out = rl_step(run, step)
-        if world.is_main:  # the others hold the same weights and metrics
-            record_step(run, work_dir, out, fingerprint)
+    bar = progress(desc=progress_label or "rl", total=run.total_steps, initial=start_step, unit="step",
+                   disable=not world.is_main)
+    with bar:
+        for step in range(start_step, run.total_steps):
+            out = rl_step(run, step)
+            if world.is_main:  # the others hold the same weights and metrics
+                record_step(run, work_dir, out, fingerprint)
+            m = out.metrics
+            bar.set_postfix({"reward": f"{m['reward_mean']:.3f}", "kept": f"{m['kept_fraction']:.2f}",
+                             "s/step": f"{m['time_step_s']:.1f}"}, refresh=False)
+            bar.update(1)
     return run
 
 

@@ -25,11 +25,12 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dashrl.batching import pack_sequences
+from dashrl.batching import get_packing
 from dashrl.evaluation import evaluate
-from dashrl.losses import completion_logprobs
+from dashrl.losses import batch_logprobs
 from dashrl.models import render_prompt
 from dashrl.params import GraderParams, PromptParams
+from dashrl.progress import progress
 from dashrl.rollout import RolloutEngine, SamplingConfig, derive_seed
 
 
@@ -96,26 +97,33 @@ def sft_train(
     seed: int,
     train_dtype: str = "float32",
     grad_clip: float = 1.0,
+    packing: str = "tree",
+    progress_label: str = "sft",
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place; returns one record per optimizer step (epoch, step, loss, tokens)."""
+    """Train ``model`` in place; returns one record per optimizer step (epoch, step, loss, tokens).
+
+    ``train_dtype`` is ``float32`` or ``bfloat16`` (autocast over fp32 weights); resolve ``auto``
+    first (``dashrl.hardware.resolve_dtype``)."""
+    if train_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"train_dtype must be float32 or bfloat16 (resolve auto first), got {train_dtype!r}")
     if not examples:
         raise ValueError("no SFT examples (rejection sampling found no correct sample?)")
     items = tokenize(examples, tokenizer, max_length)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)  # one kernel (as in rl)
     autocast = (torch.autocast(model.device.type, dtype=torch.bfloat16) if train_dtype == "bfloat16"
                 else contextlib.nullcontext())
     history = []
     model.train()
     steps_per_epoch = math.ceil(len(items) / batch_size)
+    bar = progress(desc=progress_label, total=epochs * steps_per_epoch, unit="step")
     for epoch in range(epochs):
         order = np.random.default_rng(derive_seed(seed, epoch)).permutation(len(items))
         for b in range(steps_per_epoch):
             batch = [items[i] for i in order[b * batch_size : (b + 1) * batch_size]]
-            packed = pack_sequences([x.prompt_ids for x in batch], [x.completion_ids for x in batch],
-                                    tokenizer.pad_token_id, model.device)
+            packed = get_packing(packing).pack([x.prompt_ids for x in batch], [x.completion_ids for x in batch],
+                                               tokenizer.pad_token_id, model.device)
             with autocast:
-                logp = completion_logprobs(model, packed.input_ids, packed.attention_mask, packed.completion_ids,
-                                           temperature=1.0).float()  # (B, Tc)
+                logp = batch_logprobs(model, packed, temperature=1.0).float()  # (B, Tc)
             n_tokens = packed.completion_mask.sum()
             loss = -(logp * packed.completion_mask).sum() / n_tokens
             loss.backward()
@@ -123,4 +131,7 @@ def sft_train(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             history.append({"epoch": epoch, "step": len(history), "loss": float(loss.detach()), "tokens": float(n_tokens)})
+            bar.set_postfix({"epoch": epoch, "loss": f"{history[-1]['loss']:.3f}"}, refresh=False)
+            bar.update(1)
+    bar.close()
     return history

@@ -10,15 +10,22 @@ import pandas as pd
 
 from dashrl.data import read_problems
 from dashrl.params import ParamsError
+from dashrl.progress import TqdmLoggingHandler
 from stages import paths
 
 
 def setup_logging() -> None:
+    """INFO log lines on stderr, printed so that they do not tear a progress bar."""
     logging.basicConfig(
         level=os.environ.get("DASHRL_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
+        handlers=[TqdmLoggingHandler()],
     )
+    # transformers' own sub-second "Loading weights" bars are noise in a stage's log.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def training_inputs(key: str, init_from: str, dataset: str, train_levels: list[int] | None) -> tuple[Path, Path, pd.DataFrame]:

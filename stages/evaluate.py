@@ -19,6 +19,7 @@ import torch
 
 from dashrl.data import read_problems
 from dashrl.evaluation import evaluate, sampling_from, select_problems
+from dashrl.hardware import compute_record, resolve_dtype
 from dashrl.io import atomic_dir, run_record, write_json
 from dashrl.models import default_device, load_model, load_tokenizer
 from dashrl.params import Params, load_params, section_dict
@@ -47,6 +48,8 @@ def main(params: Params, model: str, benchmark: str, pass_k: bool = False) -> No
 
     torch.manual_seed(gen.seed)
     tokenizer = load_tokenizer(model_path)
+    device = default_device()
+    dtype = resolve_dtype(gen.dtype, device)
     if gen.engine == "vllm":
         from dashrl.vllm_engine import VLLMEngine, vllm_device_error
 
@@ -54,11 +57,12 @@ def main(params: Params, model: str, benchmark: str, pass_k: bool = False) -> No
         if problem:
             raise RuntimeError(f"params.yaml: evaluate.generation.engine: vllm cannot run here: {problem}; use engine: hf")
         # Evaluation runs alone: vLLM may take most of the GPU (its own default share, 0.9).
-        engine = VLLMEngine.from_model_dir(model_path, tokenizer, dtype=gen.dtype, max_num_seqs=gen.batch_size,
+        engine = VLLMEngine.from_model_dir(model_path, tokenizer, dtype=dtype, max_num_seqs=gen.batch_size,
                                            gpu_memory_utilization=0.9, seed=gen.seed)
     else:
-        engine = HFEngine(load_model(model_path, dtype=gen.dtype, device=default_device()), tokenizer, max_batch_rows=gen.batch_size)
-    log.info("evaluating %s on %s: %d problems x %d samples", model, benchmark, len(problems), gen.samples_per_problem)
+        engine = HFEngine(load_model(model_path, dtype=dtype, device=device), tokenizer, max_batch_rows=gen.batch_size,
+                          progress_label=f"{'passk' if pass_k else 'evaluate'}@{model}-{benchmark}")
+    log.info("evaluating %s on %s: %d problems x %d samples, %s", model, benchmark, len(problems), gen.samples_per_problem, dtype)
     rows, metrics = evaluate(
         problems,
         engine=engine,
@@ -68,13 +72,14 @@ def main(params: Params, model: str, benchmark: str, pass_k: bool = False) -> No
         sampling=sampling_from(gen),
         samples_per_problem=gen.samples_per_problem,
     )
-    metrics = {"model": model, "benchmark": benchmark, **metrics}
+    metrics = {"model": model, "benchmark": benchmark, "dtype": dtype, **metrics}
     used = {"prompt": section_dict(params.prompt), "grader": section_dict(params.grader), "generation": section_dict(gen)}
     out = paths.passk_dir(model, benchmark) if pass_k else paths.eval_dir(model, benchmark)
     with atomic_dir(out) as tmp:
         rows.to_parquet(tmp / "problems.parquet", index=False)
         write_json(tmp / "metrics.json", metrics)
-        write_json(tmp / "run.json", run_record(used, model=model, benchmark=benchmark))
+        write_json(tmp / "run.json", run_record(used, model=model, benchmark=benchmark,
+                                                compute=compute_record(device, dtype=dtype)))
     log.info("%s on %s: accuracy %.3f, boxed %.3f, truncated %.3f, %.1f tokens/s", model, benchmark,
              metrics["accuracy"], metrics["boxed_rate"], metrics["truncation_rate"], metrics["generation_tokens_per_s"])
 

@@ -24,6 +24,8 @@ from dashrl.params import Params, load_params
 from dashrl.reporting import (
     PAPER_TABLES,
     RunResults,
+    compute_notes,
+    compute_table,
     paper_table,
     plot_accuracy,
     plot_accuracy_by_level,
@@ -63,19 +65,34 @@ def collect(params: Params) -> RunResults:
                       rl_steps=rl_steps, sft_summary=sft_summary)
 
 
+def collect_compute(params: Params) -> dict[str, dict | None]:
+    """Each stage's ``compute`` record from its run.json (dtype it resolved to, machine), by stage name."""
+    runs = {f"sft@{r}": paths.sft_dir(r) for r in params.sft.runs}
+    runs |= {f"rl@{r}": paths.rl_dir(r) for r in params.rl.runs}
+    for b in params.evaluate.benchmarks:
+        runs |= {f"evaluate@{m}-{b}": paths.eval_dir(m, b) for m in params.evaluate.models}
+        runs |= {f"passk@{m}-{b}": paths.passk_dir(m, b) for m in params.evaluate.pass_k.models}
+    return {stage: _read_json(folder / "run.json", stage).get("compute") for stage, folder in runs.items()}
+
+
 def main(params: Params) -> None:
     results = collect(params)
+    compute = collect_compute(params)
     table = results_table(results.evals)
     gen, dpi = params.evaluate.generation, params.report.plot_dpi
     notes = [
         "accuracy: one sample per problem (the paper's metric); pass@k is the unbiased estimator over k samples.",
         "Sampling: temperature {temperature}, top_p {top_p}, top_k {top_k}, up to {max_new_tokens} new tokens, "
-        "{samples_per_problem} sample(s) per problem, seed {seed}, {dtype}.".format(**vars(gen)),
+        "{samples_per_problem} sample(s) per problem, seed {seed}, dtype {dtype} (resolved per stage: see Compute).".format(**vars(gen)),
         f"Grader: math-verify equivalence, require_box={params.grader.require_box}.",
-        "Times are wall-clock seconds of the training loop on the machine that ran the stage (see run.json).",
+        "Times are wall-clock seconds of the training loop on the machine that ran the stage (see Compute).",
+        *compute_notes(compute),
     ]
+    compute_md = to_markdown(compute_table(compute), "Compute: where and in which dtype each stage ran")
     with atomic_dir(paths.report_dir()) as tmp:
-        (tmp / "results.md").write_text(to_markdown(table, "dashrl results", notes))
+        (tmp / "results.md").write_text(to_markdown(table, "dashrl results", notes) + "\n" + compute_md.replace("# ", "## ", 1))
+        (tmp / "compute.md").write_text(compute_md)
+        compute_table(compute).to_csv(tmp / "compute.csv", index=False)
         table.to_csv(tmp / "results.csv", index=False)
         for name, (title, _) in PAPER_TABLES.items():
             frame = paper_table(results, name)

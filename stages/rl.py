@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from dashrl.distributed import SINGLE, World, init_from_env, teardown
+from dashrl.hardware import compute_record
 from dashrl.io import atomic_dir, atomic_file, run_record, write_json
 from dashrl.models import dir_sha256, load_tokenizer
 from dashrl.params import Params, load_params, section_dict
@@ -41,13 +42,14 @@ def main(params: Params, run_name: str, world: World = SINGLE) -> None:
     start = time.perf_counter()
     work_dir = paths.rl_work_dir(run_name)
     run = train(cfg=cfg, prompt=params.prompt, grader=params.grader, init_dir=init_dir, tokenizer=tokenizer,
-                problems=problems, train_file=train_file, work_dir=work_dir, world=world)
+                problems=problems, train_file=train_file, work_dir=work_dir, world=world, progress_label=f"rl@{run_name}")
     wall_s = time.perf_counter() - start
     if not world.is_main:
         return  # rank 0 holds the same weights and writes them
     metrics = read_metrics(work_dir)
 
     used = {"rl": section_dict(cfg), "prompt": section_dict(params.prompt), "grader": section_dict(params.grader)}
+    compute = compute_record(world.device, train_dtype=run.cfg.train_dtype, rollout_dtype=run.cfg.rollout_dtype)
     with atomic_dir(paths.model_dir(run_name)) as tmp:
         run.policy.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -60,7 +62,7 @@ def main(params: Params, run_name: str, world: World = SINGLE) -> None:
     with atomic_file(out / "metrics.jsonl") as tmp:
         shutil.copy2(work_dir / "metrics.jsonl", tmp)
     write_json(out / "summary.json", summarise_run(metrics, wall_s, run_name))
-    write_json(out / "run.json", run_record(used, run=run_name, steps=len(metrics)))
+    write_json(out / "run.json", run_record(used, run=run_name, steps=len(metrics), compute=compute))
     with atomic_file(out / "curves.png") as tmp:
         plot_rl_curves({run_name: metrics}, tmp, dpi=params.report.plot_dpi)
     log.info("rl@%s done in %.0f s: reward %.3f -> %.3f", run_name, wall_s,

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from dashrl.hardware import compute_record, resolve_dtype
 from dashrl.io import atomic_dir, atomic_file, run_record, write_json
 from dashrl.models import default_device, dir_sha256, load_model, load_tokenizer, materialise_model
 from dashrl.params import Params, SFTRunParams, load_params, section_dict
@@ -53,9 +54,12 @@ def main(params: Params, run_name: str) -> None:
     log.info("sft@%s: %d examples from %d problems (source %s)", run_name, len(examples), len(problems), cfg.source)
 
     torch.manual_seed(cfg.seed)
-    model = load_model(init_dir, dtype="float32", device=default_device())
+    device = default_device()
+    train_dtype = resolve_dtype(cfg.train_dtype, device)
+    model = load_model(init_dir, dtype="float32", device=device)
     history = sft_train(model, tokenizer, examples, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                        max_length=cfg.max_length, seed=cfg.seed, train_dtype=cfg.train_dtype)
+                        max_length=cfg.max_length, seed=cfg.seed, train_dtype=train_dtype, packing=cfg.packing,
+                        progress_label=f"sft@{run_name}")
     wall_s = time.perf_counter() - start
 
     used = {"sft": section_dict(cfg), "prompt": section_dict(params.prompt), "grader": section_dict(params.grader)}
@@ -76,7 +80,8 @@ def main(params: Params, run_name: str) -> None:
         "stage_wall_s": wall_s, "sampling_wall_s": sampling_s,
     }
     write_json(out / "summary.json", summary)
-    write_json(out / "run.json", run_record(used, run=run_name))
+    dtypes = {"train_dtype": train_dtype} | ({"teacher_dtype": resolve_dtype("auto", device)} if cfg.source == "self" else {})
+    write_json(out / "run.json", run_record(used, run=run_name, compute=compute_record(device, **dtypes)))
     with atomic_file(out / "loss.png") as tmp:
         plot_sft_loss(run_name, history, tmp, dpi=params.report.plot_dpi)
     log.info("sft@%s done in %.0f s: loss %.3f -> %.3f over %d steps", run_name, wall_s,
@@ -89,7 +94,9 @@ def teacher_examples(cfg: SFTRunParams, params: Params, problems: pd.DataFrame, 
     with tempfile.TemporaryDirectory(prefix="dashrl-teacher-") as scratch:
         teacher_dir = resolve_teacher(cfg.teacher, init_dir, Path(scratch) / "teacher")
         tokenizer = load_tokenizer(teacher_dir)
-        engine = HFEngine(load_model(teacher_dir, dtype="bfloat16", device=default_device()), tokenizer, max_batch_rows=cfg.sampling_batch_rows)
+        device = default_device()
+        engine = HFEngine(load_model(teacher_dir, dtype=resolve_dtype("auto", device), device=device), tokenizer,
+                          max_batch_rows=cfg.sampling_batch_rows, progress_label=f"sft@{run_name} teacher samples")
         examples = rejection_sampled_examples(problems, engine=engine, tokenizer=tokenizer, prompt=params.prompt,
                                               grader=params.grader, sampling=sampling, samples_per_problem=cfg.samples_per_problem)
     if not examples:

@@ -19,7 +19,7 @@ import torch
 
 import dashrl.rl
 from dashrl.data import generate_arith, write_problems
-from dashrl.losses import completion_logprobs, get_loss_agg
+from dashrl.losses import batch_logprobs, completion_logprobs, get_loss_agg
 from dashrl.models import load_model, load_tokenizer
 from dashrl.params import (
     GraderParams,
@@ -60,6 +60,7 @@ DEFAULTS = {
     "prompts_per_step": 4,
     "group_size": G,
     "micro_batch_size": 4,
+    "packing": "tree",
     "steps": 1,
     "epochs": None,
     "sampling": "preemptive",
@@ -178,7 +179,7 @@ def step_gradient(run: RLRun, samples: list[Sample], micro_batch_size: int) -> t
     (the GradRecorder keeps the normalised gradient). Returns (step loss, gradient per parameter)."""
     assert isinstance(run.optimizer, GradRecorder)
     stats: dict[str, float] = defaultdict(float)
-    for batch in micro_batches([s for s in samples if s.kept], micro_batch_size):
+    for batch in micro_batches([s for s in samples if s.kept], micro_batch_size, run.cfg.packing):
         backward(run, batch, stats)
     optimizer_step(run, step_counts(samples, run.cfg.max_new_tokens, run.cfg.filter_norm), stats)
     return stats["loss"], run.optimizer.grads.pop()
@@ -390,9 +391,8 @@ def test_ppo_with_one_pass_is_the_policy_gradient(tiny_model_dir, tokenizer, pro
     surrogate = [p.grad.clone() for p in run.policy.parameters()]
     run.policy.zero_grad(set_to_none=True)
 
-    batch = pack(samples, tokenizer.pad_token_id, run.policy.device)
-    logp = completion_logprobs(run.policy, batch.input_ids, batch.attention_mask, batch.completion_ids,
-                               cfg.temperature)  # (B, Tc)
+    batch = pack(samples, tokenizer.pad_token_id, run.policy.device, cfg.packing)
+    logp = batch_logprobs(run.policy, batch, cfg.temperature)  # (B, Tc)
     weights = get_loss_agg(cfg.loss_agg).token_weights(batch.completion_mask)  # (B, Tc)
     (weights * (-batch.advantages[:, None] * logp)).sum().backward()
     reinforce = [p.grad.clone() for p in run.policy.parameters()]
@@ -438,13 +438,13 @@ def test_on_policy_step_reports_no_clip_fraction(tiny_model_dir, tokenizer, prob
 @pytest.mark.parametrize("sampling", ["preemptive", "per_micro_batch"])
 def test_filtered_samples_are_never_forwarded(tiny_model_dir, tokenizer, problems, scripted_rewards, monkeypatch, sampling):
     forwarded: list[int] = []
-    real = dashrl.rl.completion_logprobs
+    real = dashrl.rl.batch_logprobs
 
-    def counting(model, input_ids, *args, **kwargs):
-        forwarded.append(input_ids.shape[0])
-        return real(model, input_ids, *args, **kwargs)
+    def counting(model, batch, *args, **kwargs):
+        forwarded.append(batch.completion_ids.shape[0])  # sequences in the forward pass
+        return real(model, batch, *args, **kwargs)
 
-    monkeypatch.setattr(dashrl.rl, "completion_logprobs", counting)
+    monkeypatch.setattr(dashrl.rl, "batch_logprobs", counting)
     cfg = make_cfg(sampling=sampling, micro_batch_size=8, filter_threshold=0.1)
     run = build_run(cfg, tiny_model_dir, tokenizer, problems)
     out = rl_step(run, 0)

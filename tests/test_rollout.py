@@ -189,3 +189,34 @@ def test_sharded_sync_weights_reaches_every_engine(engine_parts):
     assert texts(sharded.generate(prompts, 1, greedy)) == texts(expected)
     for engine in engines:
         assert all(torch.equal(a, b) for a, b in zip(engine.model.parameters(), updated.parameters(), strict=True))
+
+
+def test_preallocated_cache_equals_the_dynamic_cache_when_it_grows_and_drops_rows(engine_parts):
+    """Logits from a PreallocatedLayer cache (capacity far too small: it must grow, repeat and
+    select rows) equal those from transformers' DynamicCache step by step."""
+    import functools
+
+    from transformers import DynamicCache
+    from transformers.cache_utils import Cache
+
+    from dashrl.rollout import PreallocatedLayer
+
+    model, tokenizer, _ = engine_parts
+    prompt = torch.tensor([tokenizer("Add 10 and 15.", add_special_tokens=False)["input_ids"]])  # (1, Tp)
+    logits = []
+    for cache in (DynamicCache(), Cache(layer_class_to_replicate=functools.partial(PreallocatedLayer, capacity=2))):
+        with torch.no_grad():
+            out = model(input_ids=prompt, past_key_values=cache, use_cache=True)
+            cache.batch_repeat_interleave(3)
+            steps = [out.logits[:, -1]]
+            token = torch.tensor([[5], [6], [7]])
+            for t in range(6):
+                if t == 3:  # drop the middle row, as the engine drops finished rows
+                    cache.batch_select_indices(torch.tensor([0, 2]))
+                    token = token[[0, 2]]
+                steps.append(model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1])
+                token = steps[-1].argmax(-1, keepdim=True)
+        assert cache.get_seq_length() == prompt.shape[1] + 6
+        logits.append(steps)
+    for dynamic, preallocated in zip(*logits, strict=True):
+        assert torch.allclose(dynamic, preallocated, atol=1e-6)

@@ -61,12 +61,17 @@ def test_engine_greedy_equals_hf_generate(tiny_model_dir):
         assert completion.token_ids == reference
 
 
-def test_engine_logprobs_equal_a_full_forward(tiny_model_dir):
-    """The behaviour log-probs recorded while decoding (KV cache, shrinking batch) equal those of
-    one forward pass over prompt + completion under the same distribution."""
+@pytest.mark.parametrize("prompts", [
+    ["short", "a somewhat longer prompt"],
+    # a shared prefix (prefilled once), different suffix lengths, one prompt equal to the prefix + 1 token
+    ["<|im_start|>system\nBe brief.<|im_end|>\nQ: 1+1?", "<|im_start|>system\nBe brief.<|im_end|>\nQ: what is 12 * 3?",
+     "<|im_start|>system\nBe brief.<|im_end|>\nQ"],
+])
+def test_engine_logprobs_equal_a_full_forward(tiny_model_dir, prompts):
+    """The behaviour log-probs recorded while decoding (shared prefill, KV cache, shrinking batch)
+    equal those of one forward pass over prompt + completion under the same distribution."""
     tokenizer, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir)
     sampling = SamplingConfig(temperature=0.9, top_k=20, top_p=0.9, max_new_tokens=12, seed=4)
-    prompts = ["short", "a somewhat longer prompt"]
     results = HFEngine(model, tokenizer, max_batch_rows=8).generate(prompts, 3, sampling)
     for prompt, group in zip(prompts, results, strict=True):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
