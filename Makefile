@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-vllm lint bench lock clean-venv
+.PHONY: run test test-vllm lint bench bench-trl lock clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.rl_speed
+
+# TRL's GRPOTrainer against dashrl's DASH (needs data/models/base and data/prepared/arith: make run or
+# dvc repro model prepare@arith). TRL comes from the `bench` extra, at the version in constraints.txt.
+bench-trl: $(STAMP)
+	$(PIP) -e '.[bench]'
+	$(BIN)/python -m benchmarks.vs_trl
 
 lint: $(STAMP)
 	$(BIN)/ruff check dashrl stages flows tests benchmarks
