@@ -30,6 +30,7 @@ import torch
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+ISA_CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 RECORDED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "avx512_fp16")
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) that still include native bf16 instructions.
 _ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
@@ -110,6 +111,8 @@ def compute_record(device: str | torch.device = "cpu", **resolved_dtypes: str) -
         "cpu_flags": [f for f in RECORDED_FLAGS if f in flags],
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
+        # ISA caps set in the environment (e.g. to run an AVX2-only machine's kernels on a newer CPU)
+        "isa_caps": {k: os.environ[k] for k in ISA_CAP_VARIABLES if os.environ.get(k)},
         "bf16_native": fast,
         "bf16_reason": why,
         "dtypes": dict(resolved_dtypes),

@@ -45,7 +45,7 @@ def results_table(metrics: Mapping[tuple[str, str], Mapping[str, Any]]) -> pd.Da
     return table[[*TABLE_COLUMNS, *extra]]
 
 
-COMPUTE_COLUMNS = ("stage", "dtypes", "device", "cpu", "cpu_flags", "bf16_native")
+COMPUTE_COLUMNS = ("stage", "dtypes", "device", "cpu", "cpu_flags", "torch_cpu_kernels", "bf16_native")
 
 
 def compute_table(records: Mapping[str, Mapping[str, Any] | None]) -> pd.DataFrame:
@@ -62,6 +62,8 @@ def compute_table(records: Mapping[str, Mapping[str, Any] | None]) -> pd.DataFra
             "device": c.get("gpu") or c["device"],
             "cpu": c["cpu_model"],
             "cpu_flags": " ".join(c["cpu_flags"]) or "—",
+            "torch_cpu_kernels": " ".join([str(c.get("torch_cpu_capability")),
+                                           *(f"{k}={v}" for k, v in c.get("isa_caps", {}).items())]),
             "bf16_native": c["bf16_native"],
         })
     return pd.DataFrame(rows, columns=list(COMPUTE_COLUMNS))

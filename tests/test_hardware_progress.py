@@ -120,3 +120,24 @@ def test_log_records_go_through_tqdm_write():
     finally:
         logger.removeHandler(handler)
     assert out.getvalue() == "WARNING step 3 done\n"
+
+
+def test_report_lists_each_stages_compute_and_warns_when_dtypes_mix():
+    from dashrl.reporting import compute_notes, compute_table
+
+    def record(dtype: str, caps: dict) -> dict:
+        return {"device": "cpu", "cpu_model": "Some CPU", "cpu_flags": ["avx2"], "torch_cpu_capability": "AVX2",
+                "isa_caps": caps, "bf16_native": False, "dtypes": {"dtype": dtype}}
+
+    records = {"evaluate@base-arith": record("float32", {"ATEN_CPU_CAPABILITY": "avx2"}),
+               "evaluate@dash-arith": record("bfloat16", {}), "rl@dash": None}
+    table = compute_table(records)
+    assert table["stage"].tolist() == list(records)
+    assert table["dtypes"].tolist()[:2] == ["dtype float32", "dtype bfloat16"]
+    assert table["torch_cpu_kernels"].iloc[0] == "AVX2 ATEN_CPU_CAPABILITY=avx2"
+    assert table.iloc[2].drop("stage").isna().all()  # not recorded
+    notes = " ".join(compute_notes(records))
+    assert "not comparable" in notes
+    assert "mix dtypes (bfloat16, float32)" in notes
+    assert "did not record" in notes
+    assert "mix dtypes" not in " ".join(compute_notes({"a": record("float32", {}), "b": record("float32", {})}))
