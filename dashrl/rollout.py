@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -146,15 +146,13 @@ class HFEngine:
             chunk = order[lo : lo + prompts_per_chunk]
             chunk_start = time.perf_counter()
             generator = torch.Generator(device=self.model.device).manual_seed(derive_seed(sampling.seed, chunk_index))
-            completions = self._decode([encoded[i] for i in chunk], n, sampling, generator, stats)
+            completions = self._decode([encoded[i] for i in chunk], n, sampling, generator, stats, bar)
             for j, i in enumerate(chunk):
                 results[i] = completions[j * n : (j + 1) * n]
             stats.chunk_wall_s.append(time.perf_counter() - chunk_start)
             stats.engine_calls += 1
             log.debug("generated chunk %d/%d: %d sequences in %.1f s (%d tokens so far)",
                       chunk_index + 1, n_chunks, len(chunk) * n, stats.chunk_wall_s[-1], stats.generated_tokens)
-            bar.set_postfix({"tok/s": f"{stats.generated_tokens / (time.perf_counter() - start):.0f}"}, refresh=False)
-            bar.update(len(chunk) * n)
         bar.close()
         stats.wall_s = time.perf_counter() - start
         self.last_stats = stats
@@ -199,9 +197,10 @@ class HFEngine:
     @torch.no_grad()
     def _decode(
         self, prompts: list[list[int]], n: int, sampling: SamplingConfig, generator: torch.Generator,
-        stats: GenerationStats,
+        stats: GenerationStats, bar: Any = None,
     ) -> list[Completion]:
-        """``n`` completions of each prompt, rows in prompt order (prompt 0's n samples first)."""
+        """``n`` completions of each prompt, rows in prompt order (prompt 0's n samples first).
+        ``bar`` (a progress bar) advances by each sequence as it finishes."""
         device, pad = self.model.device, self.tokenizer.pad_token_id
         batch, width = len(prompts) * n, max(len(x) for x in prompts)
         eos = torch.tensor(self.eos_ids, device=device)
@@ -226,7 +225,11 @@ class HFEngine:
             logprobs[live_rows, t] = logprob.float().cpu()[live]
             lengths[live_rows] += 1
             stats.padded_token_slots += len(rows_in_batch)
-            done[live_rows[torch.isin(token_cpu[live], eos.cpu())]] = True
+            finished = live_rows[torch.isin(token_cpu[live], eos.cpu())]
+            done[finished] = True
+            if bar is not None:
+                bar.set_postfix({"tokens": t + 1, "live": len(live_rows) - len(finished)}, refresh=False)
+                bar.update(len(finished) if t < sampling.max_new_tokens - 1 else len(live_rows))
             if t == sampling.max_new_tokens - 1 or bool(done.all()):
                 break
             # Drop finished rows from the batch and the KV cache, in steps of a few batch sizes only

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from dashrl.hardware import compute_record
 from dashrl.io import atomic_dir, run_record, write_json
 from dashrl.models import materialise_model
 from dashrl.params import Params, load_params, section_dict
@@ -20,7 +21,8 @@ def main(params: Params) -> None:
     out = paths.model_dir("base")
     with atomic_dir(out) as tmp:
         record = materialise_model(params.model.source, tmp, dtype=params.model.dtype)
-        write_json(tmp / "dashrl_run.json", run_record({"model": section_dict(params.model)}, model=record))
+        write_json(tmp / "dashrl_run.json", run_record({"model": section_dict(params.model)}, model=record,
+                                                          compute=compute_record("cpu", weights=params.model.dtype)))
     log.info("wrote %s: %s, %d parameters, sha256 %s", out, record["name"], record["n_parameters"], record["content_sha256"][:12])
 
 

@@ -12,6 +12,7 @@ import argparse
 import logging
 
 from dashrl.data import generate_arith, load_problems, write_problems
+from dashrl.hardware import compute_record
 from dashrl.io import atomic_dir, run_record, write_json
 from dashrl.params import Params, load_params, section_dict
 from stages import paths
@@ -38,7 +39,8 @@ def main(params: Params, dataset: str) -> None:
         for split, problems in splits.items():
             write_problems(problems, tmp / f"{split}.parquet")
         counts = {split: len(df) for split, df in splits.items()}
-        write_json(tmp / "run.json", run_record({f"prepare.{dataset}": section_dict(section)}, counts=counts))
+        write_json(tmp / "run.json", run_record({f"prepare.{dataset}": section_dict(section)}, counts=counts,
+                                                  compute=compute_record("cpu")))
     log.info("wrote %s: %s", paths.prepared_dir(dataset), counts)
 
 

@@ -141,3 +141,22 @@ def test_report_lists_each_stages_compute_and_warns_when_dtypes_mix():
     assert "mix dtypes (bfloat16, float32)" in notes
     assert "did not record" in notes
     assert "mix dtypes" not in " ".join(compute_notes({"a": record("float32", {}), "b": record("float32", {})}))
+
+
+def test_evaluation_progress_counts_every_sequence_as_it_finishes(tiny_model_dir, monkeypatch):
+    """One bar line per update off a terminal; the last says every sequence of the call is done."""
+    import dashrl.rollout as rollout
+    from dashrl.models import load_model, load_tokenizer
+
+    monkeypatch.setenv("DASHRL_PROGRESS_INTERVAL_S", "0")
+    out = io.StringIO()
+    real = rollout.progress
+    monkeypatch.setattr(rollout, "progress", lambda **kw: real(**kw, stream=out))
+    tokenizer, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir)
+    engine = rollout.HFEngine(model, tokenizer, max_batch_rows=4, progress_label="evaluate@tiny")
+    engine.generate(["a", "bb", "ccc"], 2, rollout.SamplingConfig(temperature=1.0, max_new_tokens=6, seed=0))
+    lines = out.getvalue().splitlines()
+    assert lines[-1].startswith("evaluate@tiny: 100%") and "6/6" in lines[-1]
+    done = [int(line.split("|")[2].split("/")[0]) for line in lines]
+    assert done == sorted(done)  # monotone
+
