@@ -2,6 +2,8 @@
 
     pip install -e '.[bench]'            # TRL (make bench-trl does both)
     python -m benchmarks.vs_trl [--steps 4] [--warmup-steps 1] [--dtype auto] [--run dash]
+    git worktree add /tmp/before <commit> && python -m benchmarks.vs_trl --compare-src /tmp/before
+                                         # + that version of dashrl as a third, interleaved framework
 
 Both sides train the same initial model (``data/models/<init_from>``, e.g. the embedded
 SmolLM2-135M-Instruct) on the same prompts (dashrl's seeded schedule: step s gets the same 8
@@ -53,17 +55,15 @@ def _peak_rss_mb() -> float:
 
 
 def _setup(params_path: str, run_name: str, dtype: str) -> tuple[Any, Any, Any, Any]:
-    """(params, run cfg with the benchmark's geometry and dtype, problems, init_dir)."""
+    """(params, run cfg with the benchmark's geometry and ``dtype`` (resolved), problems, init_dir)."""
     from dashrl.data import read_problems
-    from dashrl.hardware import resolve_dtype
     from dashrl.params import check_rl_run, load_params
     from stages import paths
 
     params = load_params(params_path)
     cfg = params.rl.run(run_name)
-    resolved = resolve_dtype(dtype, "cpu")
     cfg = dataclasses.replace(cfg, prompts_per_step=8, group_size=8, micro_batch_size=8, max_new_tokens=128,
-                              train_dtype=resolved, rollout_dtype=resolved, sampling="preemptive",
+                              train_dtype=dtype, rollout_dtype=dtype, sampling="preemptive",
                               ppo_epochs=1, optimizer_steps_per_rollout=1, checkpoint_every=0)
     check_rl_run(cfg, f"benchmark (rl.runs.{run_name})")
     problems = read_problems(paths.prepared(cfg.dataset, "train"))
@@ -76,7 +76,14 @@ def _setup(params_path: str, run_name: str, dtype: str) -> tuple[Any, Any, Any, 
 # dashrl worker
 
 
-def dashrl_worker(conn, params_path: str, run_name: str, dtype: str, steps: int) -> None:
+def dashrl_worker(conn, params_path: str, run_name: str, dtype: str, steps: int, source: str | None = None) -> None:
+    """``source``: another checkout of dashrl (e.g. an earlier commit) to import instead of this one,
+    with its own params.yaml; the data/ paths stay this repository's."""
+    if source:
+        import sys
+
+        sys.path.insert(0, os.path.abspath(source))
+        params_path = os.path.join(source, "params.yaml")
     import torch
 
     from dashrl.models import load_tokenizer
@@ -99,7 +106,9 @@ def dashrl_worker(conn, params_path: str, run_name: str, dtype: str, steps: int)
             "total_s": m["time_step_s"], "generation_s": m["time_sampling_s"],
             "generated_tokens": int(out.rollouts["tokens"].sum()), "sequences": m["samples"],
             "prompt_tokens": prompt_tokens * cfg.group_size,
-            "trained_tokens": m["trained_tokens"], "kept_fraction": m["kept_fraction"],
+            # older dashrl: real tokens = tokens per second x seconds
+            "trained_tokens": m.get("trained_tokens", m["training_tokens_per_s"] * m["time_forward_backward_s"]),
+            "kept_fraction": m["kept_fraction"],
             "reward": m["reward_mean"], "peak_rss_mb": _peak_rss_mb(),
         })
 
@@ -203,6 +212,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     parser.add_argument("--run", default="dash", help="rl.runs entry whose objective and sampling settings are used")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--compare-src", metavar="DIR",
+                        help="a checkout of another dashrl version (git worktree add DIR COMMIT): run it as a third "
+                             "framework, 'dash@DIR', interleaved with the other two (before/after in one run)")
     args = parser.parse_args()
     if not 0 <= args.warmup_steps < args.steps:
         parser.error("need 0 <= --warmup-steps < --steps")
@@ -214,9 +226,12 @@ def main() -> None:
     dtype = resolve_dtype(args.dtype, "cpu")
     ctx = mp.get_context("spawn")
     workers = {}
-    for name, target in (("trl", trl_worker), ("dash", dashrl_worker)):
+    frameworks = [("trl", trl_worker, ()), ("dash", dashrl_worker, ())]
+    if args.compare_src:
+        frameworks.append((f"dash@{os.path.basename(os.path.normpath(args.compare_src))}", dashrl_worker, (args.compare_src,)))
+    for name, target, extra in frameworks:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=target, args=(child, args.params, args.run, args.dtype, args.steps), daemon=True)
+        proc = ctx.Process(target=target, args=(child, args.params, args.run, dtype, args.steps, *extra), daemon=True)
         proc.start()
         workers[name] = (proc, parent)
     for name, (proc, conn) in workers.items():  # both loaded before the first timed step
@@ -229,13 +244,14 @@ def main() -> None:
           flush=True)
     history: dict[str, list[dict]] = {name: [] for name in workers}
     for step in range(args.steps):
-        order = list(workers) if step % 2 == 0 else list(workers)[::-1]
+        names = list(workers)
+        order = names[step % len(names):] + names[: step % len(names)]  # who goes first rotates
         for name in order:
             proc, conn = workers[name]
             conn.send("go")
             m = _receive(name, proc, conn, f"step {step + 1}")
             history[name].append(m)
-            print(f"  step {step + 1} {name:4s} {m['total_s']:6.1f} s (generation {m['generation_s']:5.1f} s, "
+            print(f"  step {step + 1} {name:10s} {m['total_s']:6.1f} s (generation {m['generation_s']:5.1f} s, "
                   f"{m['generated_tokens']} tokens, kept {m['kept_fraction']:.2f})", flush=True)
     for proc, _ in workers.values():
         proc.join(timeout=60)
@@ -250,7 +266,7 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     totals = {}
-    for name in ("trl", "dash"):
+    for name in workers:
         ms = history[name][args.warmup_steps :]
         mean = {k: float(np.mean([m[k] for m in ms])) for k in STEP_FIELDS}
         train_s = mean["total_s"] - mean["generation_s"]
@@ -268,6 +284,9 @@ def main() -> None:
           f"(decoding's shape), {peak['training'] / 1e9:.0f} GFLOP/s at (1024 x 576) x (576 x 1536) (training's)")
     print(f"training tokens: real prompt + completion tokens back-propagated (dash: kept samples only, "
           f"kept fraction {np.mean([m['kept_fraction'] for m in history['dash'][args.warmup_steps:]]):.2f})")
+    for name in list(workers)[2:]:
+        print(f"{name}/trl step time ratio: {totals[name] / totals['trl']:.2f}")
+        print(f"dash/{name} step time ratio: {totals['dash'] / totals[name]:.2f}")
     print(f"dash/trl step time ratio: {totals['dash'] / totals['trl']:.2f}")
 
 
