@@ -21,6 +21,9 @@ Two ways to get problems:
   ``gsm8k`` (question/answer with a final ``#### N`` line), ``math500`` and ``math_train`` (the
   PRM800K splits of MATH: problem/solution/answer/subject/level/unique_id). ``arith`` reads a file
   already in our schema. Loaders are registered functions (``@register_loader``), looked up once.
+  The coding datasets ``mbppplus``, ``humaneval`` and ``pyfunc`` live in ``dashrl.code_data``, which
+  this module imports (at its end) so that they are always registered; ``task_of(name)`` says whether
+  a dataset is "math" (the answer is a final answer) or "code" (the answer is a JSON code spec).
 
 Every input is validated before anything is returned or written: a bad row raises
 ``ProblemDataError`` naming the file (or Hub id), the row, the field and the offending value, e.g.
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,24 +164,27 @@ def _read_parquet(path: Path) -> pa.Table:
         raise ProblemDataError(f"{path}: not a readable parquet file ({err})") from err
 
 
-def _read_jsonl(path: Path) -> list[_Row]:
+def _jsonl_rows(lines: Iterable[str], label: str) -> list[_Row]:
+    """The rows of a JSON-lines stream; `label` names its file in errors (also for a .jsonl.gz)."""
     rows: list[_Row] = []
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                fields = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ProblemDataError(
-                    f"{path} line {line_number}: malformed JSON ({err.msg} at column {err.colno}): {_show(line.strip())}"
-                ) from err
-            if not isinstance(fields, dict):
-                raise ProblemDataError(
-                    f"{path} line {line_number}: expected a JSON object, got {_show(fields)}"
-                )
-            rows.append(_Row(len(rows), f"{path} row {len(rows)} (line {line_number})", fields))
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            fields = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ProblemDataError(
+                f"{label} line {line_number}: malformed JSON ({err.msg} at column {err.colno}): {_show(line.strip())}"
+            ) from err
+        if not isinstance(fields, dict):
+            raise ProblemDataError(f"{label} line {line_number}: expected a JSON object, got {_show(fields)}")
+        rows.append(_Row(len(rows), f"{label} row {len(rows)} (line {line_number})", fields))
     return rows
+
+
+def _read_jsonl(path: Path) -> list[_Row]:
+    with path.open(encoding="utf-8") as lines:
+        return _jsonl_rows(lines, str(path))
 
 
 def _file_rows(path: Path) -> tuple[str, list[_Row]]:
@@ -193,12 +199,16 @@ def _file_rows(path: Path) -> tuple[str, list[_Row]]:
 def _hub_rows(name: str, split: str) -> tuple[str, list[_Row]]:
     if name not in HUB_IDS:
         raise ProblemDataError(f"dataset {name!r} has no Hub source; pass the path of a local file")
+    return _load_hub_rows(HUB_IDS[name], HUB_CONFIGS.get(name), split)
+
+
+def _load_hub_rows(hub_id: str, config: str | None, split: str) -> tuple[str, list[_Row]]:
+    """(label "<hub_id>[<split>]", the rows) of one split of a Hub dataset."""
     # Imported here: `datasets` is slow to import and only this path needs it.
     import datasets
 
-    hub_id = HUB_IDS[name]
     where = f"{hub_id}[{split}]"
-    rows = datasets.load_dataset(hub_id, HUB_CONFIGS.get(name), split=split)
+    rows = datasets.load_dataset(hub_id, config, split=split)
     return where, [_Row(i, f"{where} row {i}", dict(fields)) for i, fields in enumerate(rows)]
 
 
@@ -248,23 +258,48 @@ def _level(row: _Row) -> int:
 Loader = Callable[[str, str | Path | None], pd.DataFrame]
 
 
+TASKS = ("math", "code")  # how a dataset's problems are prompted and graded (see task_of)
+
+
 @dataclass(frozen=True)
 class _RegisteredLoader:
     splits: tuple[str, ...]
     load: Loader
+    task: str
 
 
 _LOADERS: dict[str, _RegisteredLoader] = {}
 
 
-def register_loader(name: str, splits: tuple[str, ...]) -> Callable[[Loader], Loader]:
-    """Register `load(split, path)` as the loader of dataset `name`, which has the given splits."""
+def register_loader(name: str, splits: tuple[str, ...], task: str = "math") -> Callable[[Loader], Loader]:
+    """Register `load(split, path)` as the loader of dataset `name`, which has the given splits.
+
+    `task` says what its problems are: "math" (answer = the final answer, graded by math-verify) or
+    "code" (answer = a JSON code spec of dashrl.code_data, graded by running the tests).
+    """
+    if task not in TASKS:
+        raise ValueError(f"dataset {name!r}: unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
 
     def decorator(load: Loader) -> Loader:
-        _LOADERS[name] = _RegisteredLoader(splits, load)
+        _LOADERS[name] = _RegisteredLoader(splits, load, task)
         return load
 
     return decorator
+
+
+def _dataset_names() -> str:
+    """The registered datasets for error messages, grouped by task: "arith, gsm8k (math); pyfunc (code)"."""
+    groups = {
+        task: sorted(name for name, loader in _LOADERS.items() if loader.task == task) for task in TASKS
+    }
+    return "; ".join(f"{', '.join(names)} ({task})" for task, names in groups.items() if names)
+
+
+def task_of(name: str) -> str:
+    """The task of registered dataset `name`, "math" or "code": how its problems are prompted and graded."""
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {_dataset_names()}")
+    return _LOADERS[name].task
 
 
 def load_problems(name: str, split: str, path: str | Path | None = None) -> pd.DataFrame:
@@ -275,7 +310,7 @@ def load_problems(name: str, split: str, path: str | Path | None = None) -> pd.D
     generate_arith + write_problems).
     """
     if name not in _LOADERS:
-        raise ProblemDataError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(_LOADERS))}")
+        raise ProblemDataError(f"unknown dataset {name!r}; valid names: {_dataset_names()}")
     loader = _LOADERS[name]
     if split not in loader.splits:
         raise ProblemDataError(
@@ -704,3 +739,9 @@ def generate_arith(
         frames.append(_arith_frame([problems[i] for i in order], [problem_levels[i] for i in order], split))
     test, train = frames
     return train, test
+
+
+# The code datasets (mbppplus, humaneval, pyfunc) register their loaders in dashrl.code_data, which
+# imports this module: importing it here completes the registry after `import dashrl.data` alone.
+# It comes last, when every name code_data takes from here exists, so either import order works.
+import dashrl.code_data  # noqa: E402, F401

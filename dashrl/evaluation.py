@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
+from dashrl.data import task_of
+from dashrl.grading import count_statuses, grade_completions
 from dashrl.models import render_prompt
 from dashrl.params import GraderParams, PromptParams
-from dashrl.rewards import count_statuses, grade_batch
 from dashrl.rollout import RolloutEngine, SamplingConfig
 
 RESULT_COLUMNS = (
@@ -42,13 +43,14 @@ def evaluate(
     """
     if problems.empty:
         raise ValueError("no problems to evaluate")
-    prompts = [render_prompt(p, tokenizer, prompt) for p in problems["prompt"]]
+    prompts = [render_prompt(p, tokenizer, prompt, task_of(source)) for p, source in zip(problems["prompt"], problems["source"], strict=True)]
     completions = engine.generate(prompts, samples_per_problem, sampling)  # (P, k)
     stats = engine.last_stats
 
     flat = [(i, s, c) for i, group in enumerate(completions) for s, c in enumerate(group)]
     references = [problems["answer"].iloc[i] for i, _, _ in flat]
-    grades = grade_batch([c.text for _, _, c in flat], references, require_box=grader.require_box, timeout_s=grader.timeout_s)
+    sources = [problems["source"].iloc[i] for i, _, _ in flat]
+    grades = grade_completions([c.text for _, _, c in flat], references, sources, grader)
     rows = pd.DataFrame(
         {
             "id": [problems["id"].iloc[i] for i, _, _ in flat],
@@ -67,7 +69,7 @@ def evaluate(
         columns=list(RESULT_COLUMNS),
     )
     metrics = summarise(rows, samples_per_problem)
-    metrics["grader_status_counts"] = count_statuses(grades)
+    metrics["grader_status_counts"] = count_statuses([g.status for g in grades], sources)
     metrics["generation_wall_s"] = stats.wall_s
     metrics["generation_tokens_per_s"] = stats.tokens_per_s
     metrics["generation_padding_fraction"] = 1 - stats.generated_tokens / max(stats.padded_token_slots, 1)

@@ -114,12 +114,13 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def render_prompt(problem: str, tokenizer: PreTrainedTokenizerBase, prompt: PromptParams) -> str:
+def render_prompt(problem: str, tokenizer: PreTrainedTokenizerBase, prompt: PromptParams, task: str = "math") -> str:
     """The exact model input for a problem; used for sampling, training and evaluation alike.
 
-    ``chat``: the tokenizer's chat template around ``problem + "\\n" + instruction`` with the
-    assistant turn opened. ``raw``: the problem text itself (the paper's setting for base models),
-    after the tokenizer's BOS token when it adds one.
+    ``chat``: the tokenizer's chat template around ``problem + "\\n" + instruction`` (the task's:
+    ``prompt.instruction`` for math, ``prompt.code_instruction`` for code) with the assistant turn
+    opened. ``raw``: the problem text itself (the paper's setting for base models; a code problem's
+    text is already the paper's triple-quoted prompt), after the tokenizer's BOS token when it adds one.
     """
     if prompt.format == "raw":
         add_bos = getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token
@@ -127,7 +128,8 @@ def render_prompt(problem: str, tokenizer: PreTrainedTokenizerBase, prompt: Prom
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("prompt.format is 'chat' but the tokenizer has no chat template: use prompt.format: raw")
     messages = [] if prompt.system_prompt is None else [{"role": "system", "content": prompt.system_prompt}]
-    user = f"{problem}\n{prompt.instruction}" if prompt.instruction else problem
+    instruction = prompt.instruction_for(task)
+    user = f"{problem}\n{instruction}" if instruction else problem
     messages.append({"role": "user", "content": user})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

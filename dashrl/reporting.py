@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -189,10 +189,15 @@ def plot_rl_curves(runs: Mapping[str, list[Mapping[str, Any]]], path: str | Path
 
 PAPER_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "table1": ("Table 1: base vs SFT vs DASH (accuracy, 1 sample per problem)", ("base", "sft_h", "sft_m", "dash")),
+    "table2": ("Table 2: coding, base vs SFT-H vs DASH (pass@1 = first of n samples, pass@n)", ("base", "sft_h", "dash")),
     "table3": ("Table 3: standard GRPO vs DASH without filtering vs DASH (time and accuracy)", ("grpo", "no_gf", "dash")),
+    "table4": ("Table 4: coding, GRPO vs DASH without filtering vs DASH (time, pass@1, pass@n)", ("grpo", "no_gf", "dash")),
     "table5": ("Table 5: policy gradient (DASH) vs PPO-Multi vs PPO-Mini", ("dash", "ppo_multi", "ppo_mini")),
     "table6": ("Table 6: DASH with KL (beta > 0) vs without (No-KL)", ("dash", "no_kl")),
 }
+# The task each table reports on: math tables read math benchmarks and runs trained on a math
+# dataset, the coding tables (2, 4) code benchmarks and runs trained on a code dataset.
+TABLE_TASKS = {"table1": "math", "table2": "code", "table3": "math", "table4": "code", "table5": "math", "table6": "math"}
 
 
 @dataclass
@@ -205,48 +210,79 @@ class RunResults:
     rl_summary: dict[str, dict[str, Any]]  # run -> data/rl/<run>/summary.json
     rl_steps: dict[str, list[dict[str, Any]]]  # run -> metrics.jsonl rows
     sft_summary: dict[str, dict[str, Any]]  # run -> data/sft/<run>/summary.json
+    tasks: dict[str, str] = field(default_factory=dict)  # benchmark or run -> "math" | "code" (its training data's)
 
 
-def _accuracy_columns(results: RunResults, name: str) -> dict[str, Any]:
-    return {f"accuracy_{b}": results.evals.get((name, b), {}).get("accuracy") for b in results.benchmarks}
+def _task_benchmarks(results: RunResults, task: str) -> list[str]:
+    return [b for b in results.benchmarks if results.tasks.get(b, "math") == task]
 
 
-def _status(results: RunResults, name: str) -> str:
-    trained = name == "base" or name in results.rl_summary or name in results.sft_summary
-    evaluated = any((name, b) in results.evals for b in results.benchmarks)
+def _accuracy_columns(results: RunResults, name: str, benchmarks: list[str]) -> dict[str, Any]:
+    return {f"accuracy_{b}": results.evals.get((name, b), {}).get("accuracy") for b in benchmarks}
+
+
+def _code_columns(results: RunResults, name: str, benchmarks: list[str]) -> dict[str, Any]:
+    """pass@1 as the paper (the first of n samples), the unbiased pass@1 (mean over n) and pass@n."""
+    row: dict[str, Any] = {}
+    for b in benchmarks:
+        m = results.evals.get((name, b), {})
+        n = m.get("samples_per_problem")
+        row[f"pass@1_first_{b}"] = m.get("accuracy")
+        row[f"pass@1_mean_{b}"] = m.get(f"mean@{n}") if n and n > 1 else m.get("accuracy")
+        row[f"pass@n_{b}"] = m.get(f"pass@{n}") if n and n > 1 else None
+        row[f"n_{b}"] = n
+    return row
+
+
+def _status(results: RunResults, name: str, task: str, benchmarks: list[str]) -> str:
+    evaluated = any((name, b) in results.evals for b in benchmarks)
+    if name == "base":
+        return "ok" if evaluated else f"not evaluated (no {task} benchmark)"
+    trained = name in results.rl_summary or name in results.sft_summary
+    if trained and results.tasks.get(name, "math") != task:
+        return f"not run (trained on {results.tasks.get(name)})"
     return "ok" if trained and evaluated else ("trained, not evaluated" if trained else "not run")
 
 
 def paper_table(results: RunResults, table: str) -> pd.DataFrame:
     """One of the paper's tables as a DataFrame (columns depend on the table)."""
     _, names = PAPER_TABLES[table]
+    task = TABLE_TASKS[table]
+    benchmarks = _task_benchmarks(results, task)
     rows = []
     for name in names:
-        row: dict[str, Any] = {"config": name, "status": _status(results, name), **_accuracy_columns(results, name)}
-        rl = results.rl_summary.get(name, {})
+        status = _status(results, name, task, benchmarks)
+        run = status == "ok" or status == "trained, not evaluated"
+        rl = results.rl_summary.get(name, {}) if run else {}
+        row: dict[str, Any] = {"config": name, "status": status}
+        if task == "code":
+            row.update(_code_columns(results, name, benchmarks) if run else
+                       {k: None for k in _code_columns(results, "", benchmarks)})
+        else:
+            row.update(_accuracy_columns(results, name if run else "", benchmarks))
         if table == "table1":
-            sft = results.sft_summary.get(name, {})
+            sft = results.sft_summary.get(name, {}) if run else {}
             row["train_wall_s"] = rl.get("train_wall_s", sft.get("stage_wall_s"))
             row["sft_examples"] = sft.get("examples")
-        if table in ("table3", "table5", "table6"):
+        if table in ("table3", "table4", "table5", "table6"):
             row["train_wall_s"] = rl.get("train_wall_s")
             row["steps"] = rl.get("steps")
             row["reward_last_steps"] = rl.get("reward_last_steps")
-        if table == "table3":
+        if table in ("table3", "table4"):
             row["sampling_s"] = rl.get("total_sampling_s")
             row["gradient_update_s"] = _gradient_update_s(rl) if rl else None
             row["kept_fraction"] = rl.get("kept_fraction_mean")
         if table == "table5":
-            row["optimizer_steps"] = sum(m["optimizer_steps"] for m in results.rl_steps.get(name, [])) or None
+            row["optimizer_steps"] = (sum(m["optimizer_steps"] for m in results.rl_steps.get(name, [])) or None) if run else None
             row["reward_std_over_steps"] = (float(np.std([m["reward_mean"] for m in results.rl_steps[name]]))
-                                            if name in results.rl_steps else None)
+                                            if run and name in results.rl_steps else None)
         if table == "table6":
-            for b in results.benchmarks:
-                row[f"eval_completion_tokens_{b}"] = results.evals.get((name, b), {}).get("completion_tokens_mean")
+            for b in benchmarks:
+                row[f"eval_completion_tokens_{b}"] = results.evals.get((name, b), {}).get("completion_tokens_mean") if run else None
             row["train_completion_tokens_last_steps"] = rl.get("completion_tokens_last_steps")
         rows.append(row)
     frame = pd.DataFrame(rows)
-    if table == "table3" and frame["train_wall_s"].notna().any():
+    if table in ("table3", "table4") and frame["train_wall_s"].notna().any():
         reference = frame.set_index("config")["train_wall_s"].get("grpo")
         frame["time_vs_grpo"] = frame["train_wall_s"] / reference if reference and not pd.isna(reference) else None
     return frame

@@ -68,7 +68,8 @@ class Grade:
 
     reward: 1.0 if the answer is equivalent to the reference, else 0.0.
     extracted: the answer text that was graded (the box content, or what math-verify extracted).
-    boxed: whether a non-empty box gave the answer.
+    boxed: whether the answer came in the task's answer format: a non-empty box (math), a fenced code
+        block (code, ``dashrl.code_reward``).
     status: one of STATUSES.
     detail: why, for parse_error / timeout (exception type and message); None otherwise.
     """

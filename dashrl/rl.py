@@ -60,7 +60,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dashrl.advantages import group_advantages, keep_mask, zero_variance_fraction
 from dashrl.batching import PackedBatch, TreeBatch, get_packing
+from dashrl.data import task_of
 from dashrl.distributed import SINGLE, World
+from dashrl.grading import count_statuses, grade_completions
 from dashrl.hardware import resolve_dtype
 from dashrl.io import atomic_dir, atomic_file
 from dashrl.losses import (
@@ -74,7 +76,6 @@ from dashrl.losses import (
 from dashrl.models import file_sha256, load_model, render_prompt
 from dashrl.params import GraderParams, PromptParams, RLRunParams
 from dashrl.progress import progress
-from dashrl.rewards import grade_batch
 from dashrl.rollout import Completion, HFEngine, RolloutEngine, SamplingConfig, ShardedEngine, derive_seed
 
 log = logging.getLogger(__name__)
@@ -285,14 +286,16 @@ def sample_and_score(
 ) -> list[Sample]:
     """Steps 1-4 for a set of prompts: sample G each, grade, group advantages, keep-mask."""
     cfg, group = run.cfg, run.cfg.group_size
-    prompts = [render_prompt(p, run.tokenizer, run.prompt) for p in problems["prompt"]]
+    prompts = [render_prompt(p, run.tokenizer, run.prompt, task_of(source))
+               for p, source in zip(problems["prompt"], problems["source"], strict=True)]
     with timer("sampling"):
         completions = run.engine.generate(prompts, group, sampling_config(cfg, step, unit))  # (P, G)
     stats["sampled_tokens"] += run.engine.last_stats.generated_tokens
     with timer("reward"):
         flat = [c for row in completions for c in row]
         references = [a for a in problems["answer"] for _ in range(group)]
-        grades = grade_batch([c.text for c in flat], references, require_box=run.grader.require_box, timeout_s=run.grader.timeout_s)
+        sources = [source for source in problems["source"] for _ in range(group)]
+        grades = grade_completions([c.text for c in flat], references, sources, run.grader)
     rewards = torch.tensor([g.reward for g in grades]).view(len(prompts), group)  # (P, G)
     advantages = group_advantages(rewards, cfg.scale_rewards)  # (P, G)
     keep = keep_mask(advantages, cfg.filter_threshold)  # (P, G)
@@ -420,8 +423,8 @@ def step_metrics(
         "time_step_s": wall_s,
         "sampling_tokens_per_s": stats["sampled_tokens"] / max(timer.seconds.get("sampling", 0.0), 1e-9),
         "training_tokens_per_s": stats["trained_tokens"] / max(timer.seconds.get("forward_backward", 0.0), 1e-9),
-        "grader_timeouts": sum(s.grade_status == "timeout" for s in samples),
-        "grader_parse_errors": sum(s.grade_status == "parse_error" for s in samples),
+        # graded samples per status of the task's grader (math: correct, ..., timeout; code: passed, ...)
+        **{f"grade_{status}": n for status, n in count_statuses([s.grade_status for s in samples], [cfg.dataset]).items()},
     }
     if cfg.kl_coef > 0:
         metrics["kl"] = stats["kl_sum"] / completion_tokens

@@ -26,6 +26,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dashrl.batching import get_packing
+from dashrl.data import task_of
 from dashrl.evaluation import evaluate
 from dashrl.losses import batch_logprobs
 from dashrl.models import render_prompt
@@ -43,7 +44,8 @@ class Example:
 
 def reference_examples(problems: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, prompt: PromptParams) -> list[Example]:
     """One example per problem: its worked solution as the completion (SFT-H)."""
-    return [Example(row.id, render_prompt(row.prompt, tokenizer, prompt), row.solution) for row in problems.itertuples()]
+    return [Example(row.id, render_prompt(row.prompt, tokenizer, prompt, task_of(row.source)), row.solution)
+            for row in problems.itertuples()]
 
 
 def rejection_sampled_examples(

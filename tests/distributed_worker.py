@@ -121,7 +121,7 @@ def save_result(out_dir: Path, rank: int, run: RLRun, outs: list[StepOutput]) ->
 
 def use_fixed_batch() -> None:
     """Parity rewards everywhere; FixedEngine completions for train()."""
-    dashrl.rl.grade_batch = parity_grade_batch
+    dashrl.rl.grade_completions = parity_grade_batch
     dashrl.rl.make_engine = lambda cfg, policy, tokenizer, world=None: FixedEngine(tokenizer)
 
 

@@ -60,7 +60,7 @@ def two_ranks(tmp_path_factory, tiny_model_dir) -> Path:
 @pytest.fixture
 def fixed_batch(monkeypatch):
     """In this process, what the worker sets up on each rank: fixed completions, parity rewards."""
-    monkeypatch.setattr(dashrl.rl, "grade_batch", parity_grade_batch)
+    monkeypatch.setattr(dashrl.rl, "grade_completions", parity_grade_batch)
     monkeypatch.setattr(dashrl.rl, "make_engine", lambda cfg, policy, tokenizer, world=None: worker.FixedEngine(tokenizer))
 
 

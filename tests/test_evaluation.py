@@ -74,7 +74,7 @@ def test_evaluate_metrics_from_scripted_completions():
             "prompt": ["1+1?", "2+2?", "3+3?"],
             "answer": ["2", "4", "6"],
             "solution": ["", "", ""],
-            "source": ["t", "t", "t"],
+            "source": ["arith", "arith", "arith"],
             "level": [1, 1, 2],
         }
     )

@@ -63,7 +63,8 @@ def test_every_dvc_params_key_exists_and_every_param_is_used():
     # Keys that select stages (DVC templating) rather than configure one.
     structural = {"prepare.datasets", "evaluate.models", "evaluate.benchmarks"}
     # Datasets not in prepare.datasets have no stage yet, so nothing depends on their section.
-    unprepared = {leaf for leaf in leaves for name in ("gsm8k", "math500", "math_train") if leaf.startswith(f"prepare.{name}.")}
+    unlisted = set(raw["prepare"]) - {"datasets"} - set(raw["prepare"]["datasets"])
+    unprepared = {leaf for leaf in leaves for name in unlisted if leaf.startswith(f"prepare.{name}.")}
     unused = leaves - used - structural - unprepared
     assert not unused, f"params.yaml keys no stage depends on: {sorted(unused)}"
 
@@ -88,6 +89,8 @@ def test_every_dvc_params_key_exists_and_every_param_is_used():
         (lambda r: r["sft"]["runs"]["sft_h"].update(teacher="x/y"), r"sft\.runs\.sft_h\.teacher: 'x/y': only source: self"),
         (lambda r: r["evaluate"]["pass_k"].update(models=["grpo_x"]), r"evaluate\.pass_k\.models: 'grpo_x': must also be in evaluate\.models"),
         (lambda r: r["evaluate"]["pass_k"].update(samples_per_problem=1), r"evaluate\.pass_k\.samples_per_problem: 1: must be >= 2"),
+        (lambda r: r["prepare"]["pyfunc"].update(levels=[1, 6]), r"prepare\.pyfunc\.levels: \[1, 6\]: must be distinct levels within 1-5"),
+        (lambda r: r["prepare"]["pyfunc"].update(n_test=-1), r"prepare\.pyfunc\.n_train/n_test: \(\d+, -1\): must be >= 0"),
     ],
 )
 def test_bad_params_name_the_key_and_value(edit, message):

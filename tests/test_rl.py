@@ -106,13 +106,13 @@ def make_cfg(**overrides) -> RLRunParams:
 REWARD_PATTERN = ([1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 1], [1, 1, 1, 1])
 
 
-def scripted_grade_batch(completions, references, *, require_box=False, timeout_s=5.0) -> list[Grade]:
+def scripted_grade_batch(completions, references, sources=(), grader=None) -> list[Grade]:
     assert len(completions) == len(references) and len(completions) % G == 0
     rewards = [REWARD_PATTERN[(i // G) % len(REWARD_PATTERN)][i % G] for i in range(len(completions))]
     return [Grade(reward=float(r), extracted=None, boxed=False, status="correct" if r else "wrong") for r in rewards]
 
 
-def parity_grade_batch(completions, references, *, require_box=False, timeout_s=5.0) -> list[Grade]:
+def parity_grade_batch(completions, references, sources=(), grader=None) -> list[Grade]:
     """Pseudo-random but a pure function of the text: reward 1 for an even number of characters."""
     rewards = [float(len(text) % 2 == 0) for text in completions]
     return [Grade(reward=r, extracted=None, boxed=False, status="correct" if r else "wrong") for r in rewards]
@@ -129,7 +129,7 @@ def one_thread():
 
 @pytest.fixture
 def scripted_rewards(monkeypatch):
-    monkeypatch.setattr(dashrl.rl, "grade_batch", scripted_grade_batch)
+    monkeypatch.setattr(dashrl.rl, "grade_completions", scripted_grade_batch)
 
 
 @pytest.fixture(scope="module")
@@ -479,7 +479,7 @@ def run_train(cfg, tiny_model_dir, tokenizer, problems, train_file, work_dir) ->
 
 
 def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_model_dir, tokenizer, problems, monkeypatch):
-    monkeypatch.setattr(dashrl.rl, "grade_batch", parity_grade_batch)
+    monkeypatch.setattr(dashrl.rl, "grade_completions", parity_grade_batch)
     train_file = tmp_path / "train.parquet"
     write_problems(problems, train_file)
     # A linear lr decay: the restored scheduler state matters too.

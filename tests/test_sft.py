@@ -22,7 +22,7 @@ PROMPT = PromptParams(format="chat", instruction="Box it.", system_prompt=None)
 PROBLEMS = pd.DataFrame({
     "id": ["a", "b"], "prompt": ["1+1?", "2+3?"], "answer": ["2", "5"],
     "solution": ["1 + 1 = 2. The answer is \\boxed{2}.", "2 + 3 = 5. The answer is \\boxed{5}."],
-    "source": ["t", "t"], "level": [1, 1],
+    "source": ["arith", "arith"], "level": [1, 1],
 })
 
 

@@ -178,14 +178,14 @@ def test_sync_weights_updates_greedy_output(engine, policy, tokenizer):
     assert engine_greedy(engine, PROMPTS, 16) == before
 
 
-def mixed_rewards(completions, references, *, require_box=False, timeout_s=5.0) -> list[Grade]:
+def mixed_rewards(completions, references, sources=(), grader=None) -> list[Grade]:
     """Groups of 4 with rewards 1, 0, 0, 1: every sample has a non-zero advantage."""
     rewards = [float(i % 4 in (0, 3)) for i in range(len(completions))]
     return [Grade(reward=r, extracted=None, boxed=False, status="correct" if r else "wrong") for r in rewards]
 
 
 def test_rl_step_moves_the_engine_weights(engine, cfg, model_dir, tokenizer, monkeypatch):
-    monkeypatch.setattr(dashrl.rl, "grade_batch", mixed_rewards)
+    monkeypatch.setattr(dashrl.rl, "grade_completions", mixed_rewards)
     torch.manual_seed(cfg.seed)
     policy = load_model(model_dir, dtype="float32")
     engine.sync_weights(policy)

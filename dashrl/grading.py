@@ -1,0 +1,85 @@
+"""One grader per task, shared by the RL reward and evaluation (and SFT-M's rejection sampling).
+
+A problem's task follows from its dataset (the ``source`` column, ``dashrl.data.task_of``):
+
+    math  dashrl.rewards.grade_batch        the final answer, math-verify equivalence
+    code  dashrl.code_reward.grade_code_batch  the program passes the task's tests in the sandbox
+
+Graders are registered functions ``(completions, answers, grader_params) -> list[Grade]`` with the
+statuses they can give, looked up once per call; ``grade_completions`` grades a mixed batch, each
+completion with its own problem's grader, results in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from dashrl.code_reward import CODE_STATUSES, grade_code_batch
+from dashrl.data import task_of
+from dashrl.params import GraderParams
+from dashrl.rewards import STATUSES, Grade, grade_batch
+
+GradeFn = Callable[[Sequence[str], Sequence[str], GraderParams], list[Grade]]
+
+
+@dataclass(frozen=True)
+class TaskGrader:
+    task: str
+    statuses: tuple[str, ...]  # every status the grader gives, the rewarded one first
+    grade: GradeFn
+
+
+_GRADERS: dict[str, TaskGrader] = {}
+
+
+def register_grader(task: str, statuses: Sequence[str]) -> Callable[[GradeFn], GradeFn]:
+    def register(fn: GradeFn) -> GradeFn:
+        if task in _GRADERS:
+            raise ValueError(f"a grader for task {task!r} is already registered")
+        _GRADERS[task] = TaskGrader(task, tuple(statuses), fn)
+        return fn
+
+    return register
+
+
+def get_grader(task: str) -> TaskGrader:
+    if task not in _GRADERS:
+        raise ValueError(f"no grader for task {task!r} (valid: {', '.join(sorted(_GRADERS))})")
+    return _GRADERS[task]
+
+
+@register_grader("math", STATUSES)
+def _grade_math(completions: Sequence[str], answers: Sequence[str], grader: GraderParams) -> list[Grade]:
+    return grade_batch(completions, answers, require_box=grader.require_box, timeout_s=grader.timeout_s)
+
+
+@register_grader("code", CODE_STATUSES)
+def _grade_code(completions: Sequence[str], answers: Sequence[str], grader: GraderParams) -> list[Grade]:
+    return grade_code_batch(completions, answers, limits=grader.code)
+
+
+def grade_completions(
+    completions: Sequence[str], answers: Sequence[str], sources: Sequence[str], grader: GraderParams
+) -> list[Grade]:
+    """Grade completions[i] against answers[i] with the grader of dataset sources[i]'s task."""
+    if not len(completions) == len(answers) == len(sources):
+        raise ValueError(f"{len(completions)} completions, {len(answers)} answers, {len(sources)} sources")
+    by_task: dict[str, list[int]] = {}
+    for i, source in enumerate(sources):
+        by_task.setdefault(task_of(source), []).append(i)
+    grades: list[Grade | None] = [None] * len(completions)
+    for task, rows in by_task.items():
+        graded = get_grader(task).grade([completions[i] for i in rows], [answers[i] for i in rows], grader)
+        for i, g in zip(rows, graded, strict=True):
+            grades[i] = g
+    return grades  # type: ignore[return-value]
+
+
+def count_statuses(statuses: Iterable[str], sources: Iterable[str]) -> dict[str, int]:
+    """Number of grades per status, every status of the tasks of ``sources`` listed (0 where none)."""
+    tasks = sorted({task_of(s) for s in sources})
+    counts = {status: 0 for task in tasks for status in get_grader(task).statuses}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    return counts

@@ -1,0 +1,77 @@
+"""Every DVC stage depends on every project module it runs: a change there must rerun the stage.
+
+The modules a stage runs are found from its command (``python -m stages.<name>``) by following the
+project's imports transitively (module level and inside functions), plus files a module runs as a
+script (``RUNS_AS_SCRIPT``).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("dashrl", "stages")
+# Files started as scripts, not imported: the module on the left runs the file on the right.
+RUNS_AS_SCRIPT = {"dashrl/sandbox.py": ("dashrl/sandbox_runner.py",)}
+
+
+def module_file(name: str) -> str | None:
+    """Repository path of a project module (``dashrl.rl`` -> ``dashrl/rl.py``), None if not ours."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    path = Path(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if (ROOT / candidate).is_file():
+            return candidate.as_posix()
+    return None
+
+
+def imported_files(path: str) -> set[str]:
+    tree = ast.parse((ROOT / path).read_text())
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            file = module_file(name)
+            if file and not file.endswith("__init__.py"):
+                found.add(file)
+    return found | set(RUNS_AS_SCRIPT.get(path, ()))
+
+
+def closure(start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(imported_files(path))
+    return seen
+
+
+def stage_templates() -> dict[str, dict]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: spec.get("do", spec) for name, spec in stages.items()}
+
+
+def test_every_stage_depends_on_the_modules_it_runs():
+    missing = {}
+    for name, spec in stage_templates().items():
+        module = spec["cmd"].split("python -m ", 1)[1].split()[0]
+        runs = closure(module_file(module))
+        deps = {d for d in spec.get("deps", []) if isinstance(d, str)}
+        if runs - deps:
+            missing[name] = sorted(runs - deps)
+    assert missing == {}, f"dvc.yaml deps miss modules the stages run: {missing}"
+
+
+def test_the_import_walk_sees_lazy_imports():
+    """The walk must not be vacuous: rl imports vllm_engine inside a function, sandbox runs its runner."""
+    runs = closure("stages/rl.py")
+    assert {"dashrl/rl.py", "dashrl/vllm_engine.py", "dashrl/sandbox_runner.py", "stages/common.py"} <= runs
