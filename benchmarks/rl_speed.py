@@ -27,7 +27,8 @@ import numpy as np
 from dashrl.data import read_problems
 from dashrl.models import load_tokenizer
 from dashrl.params import check_rl_run, load_params, min_nonzero_abs_advantage
-from dashrl.rl import build_run, rl_step
+from dashrl.rl import rl_step
+from dashrl.rl_run import build_run
 from stages import paths
 
 VARIANTS = ("grpo", "no_gf", "dash")

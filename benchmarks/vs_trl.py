@@ -87,7 +87,8 @@ def dashrl_worker(conn, params_path: str, run_name: str, dtype: str, steps: int,
     import torch
 
     from dashrl.models import load_tokenizer
-    from dashrl.rl import build_run, rl_step
+    from dashrl.rl import rl_step
+    from dashrl.rl_run import build_run
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
@@ -131,7 +132,7 @@ def trl_worker(conn, params_path: str, run_name: str, dtype: str, steps: int) ->
 
     from dashrl.models import load_tokenizer, render_prompt
     from dashrl.rewards import grade_batch
-    from dashrl.rl import PromptSchedule
+    from dashrl.rl_run import PromptSchedule
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))

@@ -64,9 +64,7 @@ import numpy as np
 import pandas as pd
 
 from dashrl.data import (
-    _ATTEMPTS_PER_PROBLEM,
     ProblemDataError,
-    _equal_shares,
     _field,
     _file_rows,
     _jsonl_rows,
@@ -76,6 +74,7 @@ from dashrl.data import (
     _show,
     _text,
     _to_frame,
+    generate_split_by_levels,
     read_problems,
     register_loader,
 )
@@ -1118,24 +1117,6 @@ def _draw_pyfunc(level: int, rng: np.random.Generator) -> _PyFunc:
     return templates[int(rng.integers(len(templates)))](rng)
 
 
-def _draw_unique_pyfunc(level: int, n: int, rng: np.random.Generator, seen: set[str]) -> list[_PyFunc]:
-    """n problems of one level whose descriptions are not in `seen` (and are added to it)."""
-    problems: list[_PyFunc] = []
-    max_attempts, attempts = _ATTEMPTS_PER_PROBLEM * n + 100, 0
-    while len(problems) < n and attempts < max_attempts:
-        problem = _draw_pyfunc(level, rng)
-        attempts += 1
-        if problem.description not in seen:
-            seen.add(problem.description)
-            problems.append(problem)
-    if len(problems) == n:
-        return problems
-    raise ValueError(
-        f"could only generate {len(problems)} unique level-{level} pyfunc problems of the {n} "
-        f"requested in {max_attempts} attempts; ask for fewer problems or more levels"
-    )
-
-
 def _pyfunc_frame(problems: list[_PyFunc], levels: list[int], split: str) -> pd.DataFrame:
     records = [
         {
@@ -1166,35 +1147,19 @@ def generate_pyfunc(
     answer a code spec (``code_spec``, prefix "") whose tests are 5-8 ``assert add_7(...) == ...``
     lines, the first of them the one in the prompt, on seeded inputs whose expected values are
     computed from the template's semantics; never all the same value.
-    Same guarantees as ``generate_arith``: one random stream per level, ``default_rng([seed, level])``,
-    test drawn before train (the test set depends only on seed, levels and n_test), shares differing
-    by at most one, rows shuffled, task descriptions (hence prompts) unique within and across splits.
+    Same guarantees as ``dashrl.arith.generate_arith`` (both use ``dashrl.data.generate_split_by_levels``):
+    one random stream per level, ``default_rng([seed, level])``, test drawn before train (the test
+    set depends only on seed, levels and n_test), shares differing by at most one, rows shuffled,
+    task descriptions (hence prompts) unique within and across splits.
     """
-    if n_train < 0 or n_test < 0:
-        raise ValueError(f"split sizes must be non-negative, got n_train={n_train}, n_test={n_test}")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    levels = sorted(int(level) for level in levels)
-    unknown = sorted(set(levels) - set(_PYFUNC_TEMPLATES))
-    if unknown:
-        raise ValueError(f"unknown pyfunc levels {unknown}; valid levels: {list(PYFUNC_LEVELS)}")
-    if len(set(levels)) != len(levels):
-        raise ValueError(f"pyfunc levels must be distinct, got {levels}")
-    if not levels:
-        if n_train + n_test > 0:
-            raise ValueError("no pyfunc levels requested")
-        return _pyfunc_frame([], [], "train"), _pyfunc_frame([], [], "test")
-
-    streams = {level: np.random.default_rng([seed, level]) for level in levels}
-    seen: set[str] = set()
-    frames = []
-    for split_number, (split, n) in enumerate((("test", n_test), ("train", n_train))):
-        problems: list[_PyFunc] = []
-        problem_levels: list[int] = []
-        for level, share in zip(levels, _equal_shares(n, len(levels)), strict=True):
-            problems += _draw_unique_pyfunc(level, share, streams[level], seen)
-            problem_levels += [level] * share
-        order = np.random.default_rng([seed, 0, split_number]).permutation(len(problems))
-        frames.append(_pyfunc_frame([problems[i] for i in order], [problem_levels[i] for i in order], split))
-    test, train = frames
-    return train, test
+    return generate_split_by_levels(
+        n_train,
+        n_test,
+        levels,
+        seed,
+        valid_levels=PYFUNC_LEVELS,
+        draw=_draw_pyfunc,
+        text=lambda problem: problem.description,
+        frame=_pyfunc_frame,
+        what="pyfunc",
+    )

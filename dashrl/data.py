@@ -1,4 +1,4 @@
-"""Problem records: an embedded arithmetic task generator, loaders of public benchmarks, parquet I/O.
+"""Problem records: the schema, parquet I/O, the loader registry and loaders of public benchmarks.
 
 Every problem set is a pandas DataFrame with exactly the columns ``COLUMNS``, in this order:
 
@@ -11,11 +11,12 @@ Every problem set is a pandas DataFrame with exactly the columns ``COLUMNS``, in
 
 Two ways to get problems:
 
-* ``generate_arith`` writes our own grade-school arithmetic word problems (levels 1-5), fully
-  determined by a seed. Each level draws from its own random stream, ``default_rng([seed, level])``,
-  and the test problems are drawn before the training problems, so the test set depends only on
-  (seed, levels, n_test): growing the training set never changes the test set. Texts are unique
-  within and across the two splits.
+* Generate them: ``dashrl.arith.generate_arith`` (grade-school arithmetic word problems) and
+  ``dashrl.code_data.generate_pyfunc`` (small Python functions), levels 1-5, fully determined by a
+  seed. Both use ``generate_split_by_levels`` (here): one random stream per level,
+  ``default_rng([seed, level])``, the test problems drawn before the training problems, so the
+  test set depends only on (seed, levels, n_test): growing the training set never changes the test
+  set. Texts are unique within and across the two splits.
 * ``load_problems(name, split, path=None)`` reads a public benchmark in its public release field
   names, from the Hugging Face Hub (``HUB_IDS``) or from a local ``.jsonl`` / ``.parquet`` file:
   ``gsm8k`` (question/answer with a final ``#### N`` line), ``math500`` and ``math_train`` (the
@@ -41,7 +42,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -307,7 +308,7 @@ def load_problems(name: str, split: str, path: str | Path | None = None) -> pd.D
 
     From the Hub (``HUB_IDS[name]``) when `path` is None, else from a local .jsonl or .parquet file
     in the dataset's public field names. ``"arith"`` reads a file in our own schema (make one with
-    generate_arith + write_problems).
+    dashrl.arith.generate_arith + write_problems).
     """
     if name not in _LOADERS:
         raise ProblemDataError(f"unknown dataset {name!r}; valid names: {_dataset_names()}")
@@ -383,278 +384,21 @@ def _load_math_train(split: str, path: str | Path | None) -> pd.DataFrame:
 def _load_arith(split: str, path: str | Path | None) -> pd.DataFrame:
     if path is None:
         raise ProblemDataError(
-            "dataset 'arith' is generated, not downloaded: call generate_arith() or pass a path"
+            "dataset 'arith' is generated, not downloaded: call dashrl.arith.generate_arith() or pass a path"
         )
     return read_problems(path)
 
 
 # ---------------------------------------------------------------------------------------------
-# Embedded arithmetic task
+# Generated tasks: the split/level scheme shared by dashrl.arith and dashrl.code_data (pyfunc)
 # ---------------------------------------------------------------------------------------------
 
-_PEOPLE = (
-    ("Mia", "she"), ("Liam", "he"), ("Ava", "she"), ("Noah", "he"), ("Emma", "she"),
-    ("Omar", "he"), ("Sofia", "she"), ("Lucas", "he"), ("Zara", "she"), ("Ethan", "he"),
-    ("Priya", "she"), ("Mateo", "he"), ("Chloe", "she"), ("Kenji", "he"), ("Amara", "she"),
-    ("Leo", "he"), ("Nina", "she"), ("Samuel", "he"), ("Hana", "she"), ("Diego", "he"),
-)  # fmt: skip
-_ITEMS = (
-    ("pencil", "pencils"), ("sticker", "stickers"), ("marble", "marbles"), ("apple", "apples"),
-    ("book", "books"), ("cookie", "cookies"), ("stamp", "stamps"), ("shell", "shells"),
-    ("card", "cards"), ("balloon", "balloons"), ("crayon", "crayons"), ("button", "buttons"),
-    ("bead", "beads"), ("toy car", "toy cars"), ("orange", "oranges"), ("egg", "eggs"),
-)  # fmt: skip
-_CONTAINERS = (("box", "boxes"), ("bag", "bags"), ("pack", "packs"), ("jar", "jars"), ("basket", "baskets"))
-_GAIN_VERBS = ("buys", "finds", "gets", "collects", "is given", "wins")
-_LOSS_VERBS = ("gives away", "loses", "uses", "sells", "trades away")
-
-
-@dataclass(frozen=True)
-class _Arith:
-    text: str
-    steps: list[str]  # sentences of the worked solution, each with its equation
-    answer: int
+_Problem = TypeVar("_Problem")
+_ATTEMPTS_PER_PROBLEM = 20  # rejection sampling budget; every level has far more texts than this needs
 
 
 def _pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:
     return options[int(rng.integers(len(options)))]
-
-
-def _people(rng: np.random.Generator, k: int) -> list[tuple[str, str]]:
-    return [_PEOPLE[i] for i in rng.choice(len(_PEOPLE), size=k, replace=False)]
-
-
-def _noun(n: int, noun: tuple[str, str]) -> str:
-    return noun[0] if n == 1 else noun[1]
-
-
-def _count(n: int, noun: tuple[str, str]) -> str:
-    """'1 pencil', '7 pencils'."""
-    return f"{n} {_noun(n, noun)}"
-
-
-def _operand(rng: np.random.Generator) -> int:
-    """A one- or two-digit number, each with probability 1/2."""
-    return int(rng.integers(1, 10)) if rng.random() < 0.5 else int(rng.integers(10, 100))
-
-
-def _one_step(rng: np.random.Generator, low: int, high: int, n_templates: int = 5) -> _Arith:
-    """Levels 1 and 2: one addition or subtraction of operands in [low, high].
-
-    Templates 0-2 state the operation (gains, altogether, gives away); 3-4 are comparisons
-    ("N fewer than", "how many more than"), which the embedded model finds much harder.
-    """
-    (a_name, a_pron), (b_name, _) = _people(rng, 2)
-    item = _pick(rng, _ITEMS)
-    x, y = (int(v) for v in rng.integers(low, high + 1, size=2))
-    big, small = max(x, y), min(x, y)
-    template = int(rng.integers(n_templates))
-    if template == 0:
-        verb, total = _pick(rng, _GAIN_VERBS), x + y
-        text = f"{a_name} has {_count(x, item)}. {a_pron.capitalize()} {verb} {y} more. How many {item[1]} does {a_name} have now?"
-        steps = [
-            f"{a_name} starts with {_count(x, item)}.",
-            f"{a_pron.capitalize()} {verb} {y} more, so {x} + {y} = {total}.",
-        ]
-        return _Arith(text, steps, total)
-    if template == 1:
-        total = x + y
-        text = f"{a_name} has {_count(x, item)} and {b_name} has {_count(y, item)}. How many {item[1]} do they have altogether?"
-        steps = [f"Together they have {x} + {y} = {_count(total, item)}."]
-        return _Arith(text, steps, total)
-    left = big - small
-    if template == 2:
-        verb = _pick(rng, _LOSS_VERBS)
-        text = f"{a_name} has {_count(big, item)}. {a_pron.capitalize()} {verb} {small} of them. How many {item[1]} does {a_name} have now?"
-        steps = [
-            f"{a_name} starts with {_count(big, item)}.",
-            f"{a_pron.capitalize()} {verb} {small}, so {big} - {small} = {left}.",
-        ]
-        return _Arith(text, steps, left)
-    if template == 3:
-        text = f"{a_name} has {_count(big, item)}. {b_name} has {small} fewer {_noun(small, item)} than {a_name}. How many {item[1]} does {b_name} have?"
-        steps = [f"{b_name} has {small} fewer than {a_name}'s {big}, so {big} - {small} = {left}."]
-        return _Arith(text, steps, left)
-    text = f"{a_name} has {_count(big, item)} and {b_name} has {_count(small, item)}. How many more {item[1]} does {a_name} have than {b_name}?"
-    steps = [f"The difference is {big} - {small} = {left}."]
-    return _Arith(text, steps, left)
-
-
-def _level_1(rng: np.random.Generator) -> _Arith:
-    """One-digit operands, the operation stated in the text: the embedded model's easiest band."""
-    return _one_step(rng, 1, 9, n_templates=3)
-
-
-def _level_2(rng: np.random.Generator) -> _Arith:
-    return _one_step(rng, 10, 99)
-
-
-def _level_3(rng: np.random.Generator) -> _Arith:
-    """Two or three additions/subtractions of one- and two-digit numbers."""
-    (a_name, a_pron), (b_name, _), (c_name, _) = _people(rng, 3)
-    item = _pick(rng, _ITEMS)
-    template = int(rng.integers(4))
-    if template == 0:  # a chain of 2 or 3 gains and losses
-        start = int(rng.integers(10, 100))
-        value, actions, steps = start, [], [f"{a_name} starts with {_count(start, item)}."]
-        for k in range(int(rng.integers(2, 4))):
-            amount = _operand(rng)
-            subject = a_pron.capitalize() if k == 0 else f"Then {a_pron}"
-            if rng.random() < 0.5 and amount <= value:
-                verb = _pick(rng, _LOSS_VERBS)
-                actions.append(f"{verb} {amount}")
-                steps.append(f"{subject} {verb} {amount}, so {value} - {amount} = {value - amount}.")
-                value -= amount
-            else:
-                verb = _pick(rng, _GAIN_VERBS)
-                actions.append(f"{verb} {amount} more")
-                steps.append(f"{subject} {verb} {amount} more, so {value} + {amount} = {value + amount}.")
-                value += amount
-        chain = (
-            actions[0] + ", then " + actions[1] + (f", and then {actions[2]}" if len(actions) == 3 else "")
-        )
-        text = f"{a_name} has {_count(start, item)}. {a_pron.capitalize()} {chain}. How many {item[1]} does {a_name} have now?"
-        return _Arith(text, steps, value)
-    if template == 1:  # three people, in total
-        x, y, z = _operand(rng), _operand(rng), _operand(rng)
-        text = (
-            f"{a_name} has {_count(x, item)}, {b_name} has {_count(y, item)}, and {c_name} has {_count(z, item)}. "
-            f"How many {item[1]} do they have in total?"
-        )
-        steps = [
-            f"{a_name} and {b_name} have {x} + {y} = {_count(x + y, item)}.",
-            f"Adding {c_name}'s {z} gives {x + y} + {z} = {_count(x + y + z, item)}.",
-        ]
-        return _Arith(text, steps, x + y + z)
-    if template == 2:  # more than, then fewer than
-        x, y = int(rng.integers(10, 100)), _operand(rng)
-        z = int(rng.integers(1, min(x + y, 99) + 1))
-        text = (
-            f"{a_name} has {_count(x, item)}. {b_name} has {y} more {_noun(y, item)} than {a_name}, "
-            f"and {c_name} has {z} fewer {_noun(z, item)} than {b_name}. How many {item[1]} does {c_name} have?"
-        )
-        steps = [
-            f"{b_name} has {x} + {y} = {_count(x + y, item)}.",
-            f"{c_name} has {x + y} - {z} = {_count(x + y - z, item)}.",
-        ]
-        return _Arith(text, steps, x + y - z)
-    # a container: take out, put back, take out
-    container = _pick(rng, _CONTAINERS)
-    start = int(rng.integers(10, 100))
-    taken = int(rng.integers(1, start + 1))
-    back = _operand(rng)
-    again = int(rng.integers(1, min(start - taken + back, 99) + 1))
-    after_take, after_back = start - taken, start - taken + back
-    text = (
-        f"A {container[0]} holds {_count(start, item)}. {a_name} takes out {taken}, then puts back {back}, "
-        f"and then takes out {again}. How many {item[1]} are in the {container[0]} now?"
-    )
-    steps = [
-        f"After taking out {taken}, {start} - {taken} = {after_take} are left.",
-        f"Putting back {back} gives {after_take} + {back} = {after_back}.",
-        f"Taking out {again} leaves {after_back} - {again} = {after_back - again}.",
-    ]
-    return _Arith(text, steps, after_back - again)
-
-
-def _level_4(rng: np.random.Generator) -> _Arith:
-    """One multiplication or exact division: a single-digit number times a one- or two-digit number."""
-    a_name, a_pron = _pick(rng, _PEOPLE)
-    item, container = _pick(rng, _ITEMS), _pick(rng, _CONTAINERS)
-    small = int(rng.integers(2, 10))
-    other = int(rng.integers(2, 10)) if rng.random() < 0.5 else int(rng.integers(10, 100))
-    product = small * other
-    template = int(rng.integers(4))
-    if template == 0:
-        text = (
-            f"{a_name} buys {small} {container[1]} of {item[1]}. Each {container[0]} has {_count(other, item)}. "
-            f"How many {item[1]} does {a_name} buy?"
-        )
-        steps = [f"{a_name} buys {small} {container[1]} with {other} each, so {small} * {other} = {product}."]
-        return _Arith(text, steps, product)
-    if template == 1:
-        text = f"{a_name} reads {other} pages every day for {small} days. How many pages does {a_name} read?"
-        steps = [
-            f"{a_pron.capitalize()} reads {other} pages on each of {small} days, so {small} * {other} = {product}."
-        ]
-        return _Arith(text, steps, product)
-    if template == 2:
-        text = (
-            f"{a_name} has {_count(product, item)} and shares them equally among {small} friends. "
-            f"How many {item[1]} does each friend get?"
-        )
-        steps = [f"Sharing {product} among {small} friends gives {product} / {small} = {other} each."]
-        return _Arith(text, steps, other)
-    text = (
-        f"{a_name} packs {_count(product, item)} into {container[1]} of {small}. "
-        f"How many {container[1]} does {a_name} fill?"
-    )
-    steps = [f"Each {container[0]} holds {small}, so {product} / {small} = {other}."]
-    return _Arith(text, steps, other)
-
-
-def _level_5(rng: np.random.Generator) -> _Arith:
-    """A multiplication or division followed by an addition or subtraction."""
-    a_name, a_pron = _pick(rng, _PEOPLE)
-    item, container = _pick(rng, _ITEMS), _pick(rng, _CONTAINERS)
-    groups, size = int(rng.integers(2, 10)), int(rng.integers(2, 13))
-    product = groups * size
-    template = int(rng.integers(4))
-    if template == 0:  # buy groups, use some
-        used, verb = int(rng.integers(1, product + 1)), _pick(rng, _LOSS_VERBS)
-        text = (
-            f"{a_name} buys {groups} {container[1]} of {size} {item[1]} and {verb} {used} of them. "
-            f"How many {item[1]} does {a_name} have left?"
-        )
-        steps = [
-            f"{a_name} buys {groups} * {size} = {_count(product, item)}.",
-            f"{a_pron.capitalize()} {verb} {used}, so {product} - {used} = {product - used}.",
-        ]
-        return _Arith(text, steps, product - used)
-    if template == 1:  # have some, buy groups
-        start = _operand(rng)
-        text = (
-            f"{a_name} has {_count(start, item)}. {a_pron.capitalize()} buys {groups} more {container[1]} "
-            f"with {size} {item[1]} in each. How many {item[1]} does {a_name} have now?"
-        )
-        steps = [
-            f"The {container[1]} hold {groups} * {size} = {_count(product, item)}.",
-            f"{a_name} now has {start} + {product} = {_count(start + product, item)}.",
-        ]
-        return _Arith(text, steps, start + product)
-    if template == 2:  # earn per day, spend some
-        spent = int(rng.integers(1, product + 1))
-        dollar = ("dollar", "dollars")
-        text = (
-            f"{a_name} earns {size} dollars each day for {groups} days and then spends {spent} dollars. "
-            f"How many dollars does {a_name} have left?"
-        )
-        steps = [
-            f"{a_name} earns {groups} * {size} = {_count(product, dollar)}.",
-            f"After spending {spent}, {product} - {spent} = {_count(product - spent, dollar)} are left.",
-        ]
-        return _Arith(text, steps, product - spent)
-    # split equally, then add some to one container
-    extra = _operand(rng)
-    text = (
-        f"{a_name} splits {_count(product, item)} equally into {groups} {container[1]}. Then {a_pron} adds "
-        f"{extra} more {_noun(extra, item)} to one {container[0]}. How many {item[1]} are in that {container[0]} now?"
-    )
-    steps = [
-        f"Each {container[0]} gets {product} / {groups} = {_count(size, item)}.",
-        f"That {container[0]} now has {size} + {extra} = {_count(size + extra, item)}.",
-    ]
-    return _Arith(text, steps, size + extra)
-
-
-_LEVEL_GENERATORS: dict[int, Callable[[np.random.Generator], _Arith]] = {
-    1: _level_1,
-    2: _level_2,
-    3: _level_3,
-    4: _level_4,
-    5: _level_5,
-}
-_ATTEMPTS_PER_PROBLEM = 20  # rejection sampling budget; every level has far more texts than this needs
 
 
 def _equal_shares(n: int, k: int) -> list[int]:
@@ -663,80 +407,86 @@ def _equal_shares(n: int, k: int) -> list[int]:
     return [base + (i < extra) for i in range(k)]
 
 
-def _draw_unique(level: int, n: int, rng: np.random.Generator, seen: set[str]) -> list[_Arith]:
+def _draw_unique(
+    level: int,
+    n: int,
+    rng: np.random.Generator,
+    seen: set[str],
+    draw: Callable[[int, np.random.Generator], _Problem],
+    text: Callable[[_Problem], str],
+    what: str,
+) -> list[_Problem]:
     """n problems of one level whose texts are not in `seen` (and are added to it)."""
-    generate, problems = _LEVEL_GENERATORS[level], []
+    problems: list[_Problem] = []
     max_attempts, attempts = _ATTEMPTS_PER_PROBLEM * n + 100, 0
     while len(problems) < n and attempts < max_attempts:
-        problem = generate(rng)
+        problem = draw(level, rng)
         attempts += 1
-        if problem.text not in seen:
-            seen.add(problem.text)
+        key = text(problem)
+        if key not in seen:
+            seen.add(key)
             problems.append(problem)
     if len(problems) == n:
         return problems
     raise ValueError(
-        f"could only generate {len(problems)} unique level-{level} arithmetic problems of the {n} "
+        f"could only generate {len(problems)} unique level-{level} {what} problems of the {n} "
         f"requested in {max_attempts} attempts; ask for fewer problems or more levels"
     )
 
 
-def _arith_frame(problems: list[_Arith], levels: list[int], split: str) -> pd.DataFrame:
-    records = [
-        {
-            "id": f"arith-{split}-{index:05d}",
-            "prompt": problem.text,
-            "answer": str(problem.answer),
-            "solution": " ".join(problem.steps) + f"\nThe answer is \\boxed{{{problem.answer}}}.",
-            "source": "arith",
-            "level": level,
-        }
-        for index, (problem, level) in enumerate(zip(problems, levels, strict=True))
-    ]
-    return _to_frame(records, f"arith[{split}]")
-
-
-def generate_arith(
-    n_train: int, n_test: int, levels: Sequence[int], seed: int
+def generate_split_by_levels(
+    n_train: int,
+    n_test: int,
+    levels: Sequence[int],
+    seed: int,
+    *,
+    valid_levels: Iterable[int],
+    draw: Callable[[int, np.random.Generator], _Problem],
+    text: Callable[[_Problem], str],
+    frame: Callable[[list[_Problem], list[int], str], pd.DataFrame],
+    what: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Generate (train, test) arithmetic word problems, shared equally among `levels` (1-5).
+    """(train, test) frames of a generated task, `n_train` and `n_test` problems shared equally among `levels`.
 
-    1: one stated addition/subtraction, one-digit numbers  2: two-digit numbers, comparisons too
-    3: two or three additions/subtractions                 4: one multiplication or exact division
-    5: a multiplication/division, then an addition/subtraction
-    Example (level 1): prompt "Mia has 7 pencils. She gives away 3 of them. How many pencils does Mia
-    have now?", solution "Mia starts with 7 pencils. She gives away 3, so 7 - 3 = 4.\\nThe answer is
-    \\boxed{4}.", answer "4". Shares differ by at most one (lower levels get the remainder); rows are
-    shuffled; no text repeats within or across the splits. Same arguments, same frames.
+    The scheme of the embedded generators (``dashrl.arith.generate_arith``,
+    ``dashrl.code_data.generate_pyfunc``): one random stream per level, ``default_rng([seed, level])``,
+    from which ``draw(level, rng)`` makes one problem; the test problems are drawn before the
+    training problems, so the test set depends only on (seed, levels, n_test); shares differ by at
+    most one (lower levels get the remainder); ``text(problem)`` (the prompt's distinctive text) is
+    unique within and across the splits (rejection sampling); each split's rows are shuffled by
+    ``default_rng([seed, 0, split_number])`` (test 0, train 1) before ``frame(problems,
+    problem_levels, split)`` builds its DataFrame. `valid_levels` are the levels `draw` knows;
+    `what` names the task in errors ("arithmetic", "pyfunc"). Same arguments, same frames.
     """
     if n_train < 0 or n_test < 0:
         raise ValueError(f"split sizes must be non-negative, got n_train={n_train}, n_test={n_test}")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    valid = sorted(valid_levels)
     levels = sorted(int(level) for level in levels)
-    unknown = sorted(set(levels) - set(_LEVEL_GENERATORS))
+    unknown = sorted(set(levels) - set(valid))
     if unknown:
-        raise ValueError(f"unknown arithmetic levels {unknown}; valid levels: {sorted(_LEVEL_GENERATORS)}")
+        raise ValueError(f"unknown {what} levels {unknown}; valid levels: {valid}")
     if len(set(levels)) != len(levels):
-        raise ValueError(f"arithmetic levels must be distinct, got {levels}")
+        raise ValueError(f"{what} levels must be distinct, got {levels}")
     if not levels:
         if n_train + n_test > 0:
-            raise ValueError("no arithmetic levels requested")
-        return _arith_frame([], [], "train"), _arith_frame([], [], "test")
+            raise ValueError(f"no {what} levels requested")
+        return frame([], [], "train"), frame([], [], "test")
 
     # One stream per level; test problems first, so that n_train never changes the test set.
     streams = {level: np.random.default_rng([seed, level]) for level in levels}
     seen: set[str] = set()
     frames = []
     for split_number, (split, n) in enumerate((("test", n_test), ("train", n_train))):
-        problems, problem_levels = [], []
+        problems: list[_Problem] = []
+        problem_levels: list[int] = []
         for level, share in zip(levels, _equal_shares(n, len(levels)), strict=True):
-            problems += _draw_unique(level, share, streams[level], seen)
+            problems += _draw_unique(level, share, streams[level], seen, draw, text, what)
             problem_levels += [level] * share
-        order = np.random.default_rng([seed, 0, split_number]).permutation(
-            len(problems)
-        )  # level 0: no stream
-        frames.append(_arith_frame([problems[i] for i in order], [problem_levels[i] for i in order], split))
+        # Level 0 has no stream: [seed, 0, split_number] is the shuffle's own.
+        order = np.random.default_rng([seed, 0, split_number]).permutation(len(problems))
+        frames.append(frame([problems[i] for i in order], [problem_levels[i] for i in order], split))
     test, train = frames
     return train, test
 

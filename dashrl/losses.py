@@ -1,6 +1,6 @@
 """Token log-probs, the policy-gradient / PPO / KL token terms, and registered loss aggregations.
 
-Per token t of completion i (DASH.md §2):
+Per token t of completion i (docs/algorithm.md §2):
 
     pg_{i,t}  = -min(rho A_i, clip(rho, 1 - clip_low, 1 + clip_high) A_i),  rho = exp(l - l_old)
     kl_{i,t}  = exp(l_ref - l) - (l_ref - l) - 1                        (k3 estimator, >= 0)

@@ -439,7 +439,7 @@ def min_nonzero_abs_advantage(group_size: int, scale_rewards: bool, eps: float =
     """Smallest non-zero |A| a binary-reward group of ``group_size`` can produce.
 
     With k of G correct, A = (1 - k/G) or -k/G, divided by (unbiased std + eps) when scaling.
-    Without scaling it is 1/G; with scaling about 1/sqrt(G) (DASH.md §3).
+    Without scaling it is 1/G; with scaling about 1/sqrt(G) (docs/algorithm.md §3).
     """
     smallest = float("inf")
     for k in range(1, group_size):

@@ -183,7 +183,7 @@ def plot_rl_curves(runs: Mapping[str, list[Mapping[str, Any]]], path: str | Path
 
 
 # ------------------------------------------------------------------------------------------------
-# The paper's tables and figures (DASH.md §4), from the runs' recorded metrics.
+# The paper's tables and figures (docs/algorithm.md §4), from the runs' recorded metrics.
 # Rows are the matrix's named configurations; a configuration that was not run in this profile
 # keeps its row with empty cells and "not run" in `status`, so a table never silently shrinks.
 

@@ -11,10 +11,11 @@ Algorithm, per (completion, reference):
 3) Equivalence. ``math_verify.verify(gold, answer)``: reward 1.0 if mathematically equal, else 0.0.
 
 Departures from calling math-verify directly (as open-r1 / TRL reward functions do):
-- Every math-verify call runs in a small pool of worker *processes* (fresh interpreters started with
-  ``subprocess``, never a fork of a torch process), in the worker's main thread. math-verify's
-  timeouts use ``signal.alarm``, which raises ``ValueError`` in any non-main thread, so grading from a
-  thread pool or a Prefect task would otherwise fail; here it works from any thread.
+- Every math-verify call runs in a small pool of worker *processes* (``dashrl.worker_pool``: fresh
+  interpreters started with ``subprocess``, never a fork of a torch process), in the worker's main
+  thread. math-verify's timeouts use ``signal.alarm``, which raises ``ValueError`` in any non-main
+  thread, so grading from a thread pool or a Prefect task would otherwise fail; here it works from
+  any thread.
 - Errors are not folded into 0 silently: ``raise_on_error=True``, and each answer gets a status
   (``correct | wrong | no_answer | parse_error | timeout``) that callers count (``count_statuses``).
 - A hard backstop: signal-based timeouts cannot interrupt every C-level computation, so the parent
@@ -24,26 +25,18 @@ Departures from calling math-verify directly (as open-r1 / TRL reward functions 
   lost).
 
 Importing this module is cheap: no math-verify, sympy or torch import, no process is started until
-the first grade. ``shutdown_grader()`` stops the workers (also registered with ``atexit``).
+the first grade. ``shutdown_grader()`` stops the workers (the pool also stops them at exit).
 """
 
 from __future__ import annotations
 
-import atexit
-import collections
 import logging
 import math
 import os
-import pickle
-import signal
-import subprocess
-import sys
-import threading
-import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+
+from dashrl.worker_pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +51,6 @@ _BAD_REFERENCE = "bad_reference"  # worker's marker, raised as ValueError in the
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _TRAILING_PUNCTUATION = ".,;:!?"
 _DEFAULT_WORKERS = max(1, min(2, os.cpu_count() or 1))
-_WORKER_STARTUP_S = 120.0
-_WORKER_EXIT_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -251,207 +242,16 @@ def _grade_in_worker(
     return "wrong", extracted, None
 
 
-def _serve(read_fd: int, write_fd: int) -> None:
-    """Worker process main loop: receive (task_id, pickled (fn, args)), send (task_id, kind, value)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    inbox = Connection(read_fd, writable=False)
-    outbox = Connection(write_fd, readable=False)
-    import math_verify  # noqa: F401  (warm up before saying ready)
+# ----------------------------------------------------------------------------- parent side: the workers
 
-    outbox.send(("ready", os.getpid()))
-    while True:
-        try:
-            task_id, payload = inbox.recv()
-        except EOFError:
-            return  # the parent closed the pipe or died
-        try:
-            fn, args = pickle.loads(payload)
-            result = fn(*args)
-        except Exception:  # not swallowed: the parent raises it as RuntimeError
-            outbox.send((task_id, "error", traceback.format_exc()))
-        else:
-            outbox.send((task_id, "ok", result))
-
-
-# ----------------------------------------------------------------------------- parent side: the pool
-
-_WORKER_BOOT = "import sys; from dashrl.rewards import _serve; _serve(int(sys.argv[1]), int(sys.argv[2]))"
-
-
-class _Worker:
-    """One worker process with its two pipes; ``task`` is the index of the call it is running."""
-
-    def __init__(self) -> None:
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        # The child sees the parent's import path, so dashrl (and test-only worker functions) resolve.
-        path = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_BOOT, str(to_child_r), str(from_child_w)],
-                pass_fds=(to_child_r, from_child_w),
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-        except BaseException:
-            for fd in (to_child_w, from_child_r):
-                os.close(fd)
-            raise
-        finally:
-            os.close(to_child_r)
-            os.close(from_child_w)
-        self.inbox = Connection(from_child_r, writable=False)
-        self.outbox = Connection(to_child_w, readable=False)
-        self.ready = False
-        self.task: int | None = None
-        self.task_id = 0
-        self.since = time.monotonic()  # spawn time, then the current task's start time
-
-    def send(self, task: int, task_id: int, payload: bytes) -> None:
-        self.task, self.task_id, self.since = task, task_id, time.monotonic()
-        self.outbox.send((task_id, payload))
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.inbox.close()
-        self.outbox.close()
-
-    def stop(self) -> None:
-        """Ask the worker to exit (EOF on its inbox); kill it if it does not."""
-        if not self.outbox.closed:
-            self.outbox.close()
-        try:
-            self.proc.wait(timeout=_WORKER_EXIT_GRACE_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.inbox.close()
-
-
-class _Pool:
-    """A fixed number of worker processes running calls with a per-call deadline."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.pid = os.getpid()
-        self.workers: list[_Worker] = []
-        self.next_task_id = 0
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.outbox.close()  # EOF: the worker's loop returns
-        for w in self.workers:
-            w.stop()
-        self.workers = []
-
-    def kill(self) -> None:
-        for w in self.workers:
-            w.kill()
-        self.workers = []
-
-    def _replace(self, w: _Worker) -> None:
-        w.kill()
-        self.workers[self.workers.index(w)] = _Worker()
-
-    def run(self, fn: Callable, calls: Sequence[tuple], deadline_s: float) -> list[tuple[str, object]]:
-        """Run ``fn(*args)`` for each args in ``calls`` -> per call ("ok", result) | ("timeout", None)
-        | ("died", returncode). A call past ``deadline_s`` (counted from when a worker took it) gets
-        ("timeout", None); its worker is killed and replaced, the other calls go on."""
-        results: list[tuple[str, object] | None] = [None] * len(calls)
-        pending = collections.deque(range(len(calls)))
-        while len(self.workers) < self.size:
-            self.workers.append(_Worker())
-        while pending or any(w.task is not None for w in self.workers):
-            for w in self.workers:
-                if w.ready and w.task is None and pending:
-                    i = pending.popleft()
-                    self.next_task_id += 1
-                    w.send(i, self.next_task_id, pickle.dumps((fn, tuple(calls[i]))))
-            now = time.monotonic()
-            limits = [
-                w.since + (deadline_s if w.ready else _WORKER_STARTUP_S) - now
-                for w in self.workers
-                if w.task is not None or not w.ready
-            ]
-            by_inbox = {w.inbox: w for w in self.workers}
-            for inbox in wait(list(by_inbox), timeout=max(0.0, min(limits, default=0.0))):
-                w = by_inbox[inbox]
-                try:
-                    message = inbox.recv()
-                except EOFError:
-                    w.proc.wait()
-                    if not w.ready:
-                        raise RuntimeError(
-                            f"grader worker failed to start (exit code {w.proc.returncode})"
-                        ) from None
-                    if w.task is not None:
-                        logger.warning("grader worker died (exit code %s) on an answer", w.proc.returncode)
-                        results[w.task] = ("died", w.proc.returncode)
-                    self._replace(w)
-                    continue
-                if message[0] == "ready":
-                    w.ready, w.since = True, time.monotonic()
-                    continue
-                task_id, kind, value = message
-                if task_id != w.task_id or w.task is None:
-                    raise RuntimeError(f"grader worker answered task {task_id}, expected {w.task_id}")
-                if kind == "error":
-                    raise RuntimeError(f"grading raised in the worker process:\n{value}")
-                results[w.task] = ("ok", value)
-                w.task = None
-            now = time.monotonic()
-            for w in list(self.workers):
-                if not w.ready and now - w.since > _WORKER_STARTUP_S:
-                    raise RuntimeError(f"grader worker did not start within {_WORKER_STARTUP_S:.0f} s")
-                if w.task is not None and now - w.since > deadline_s:
-                    logger.warning(
-                        "grading an answer ran past the %.1f s deadline: worker killed", deadline_s
-                    )
-                    results[w.task] = ("timeout", None)
-                    self._replace(w)
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
-
-
-_pool: _Pool | None = None
-_pool_lock = threading.Lock()
-_atexit_registered = False
-
-
-def _run_in_pool(fn: Callable, calls: Sequence[tuple], deadline_s: float) -> list[tuple[str, object]]:
-    """Run calls on the module's pool (created on first use), one batch at a time across threads."""
-    global _pool, _atexit_registered
-    with _pool_lock:
-        if _pool is not None and _pool.pid != os.getpid():
-            _pool = None  # inherited through fork: those workers belong to the parent process
-        if _pool is None:
-            _pool = _Pool(_DEFAULT_WORKERS)
-            if not _atexit_registered:
-                atexit.register(shutdown_grader)
-                _atexit_registered = True
-        try:
-            return _pool.run(fn, calls, deadline_s)
-        except BaseException:
-            # Workers may hold half-finished calls (error, Ctrl-C): never reuse them.
-            _pool.kill()
-            _pool = None
-            raise
+# The grader's worker processes (dashrl.worker_pool), started on the first grade. Each imports
+# math-verify before it takes answers, so the import does not count against an answer's deadline.
+_pool = WorkerPool(_DEFAULT_WORKERS, name="grader", warm_up=("math_verify",))
 
 
 def shutdown_grader() -> None:
     """Stop the grader's worker processes (a later grade starts fresh ones)."""
-    global _pool
-    locked = _pool_lock.acquire(timeout=10)
-    try:
-        if _pool is not None and _pool.pid == os.getpid():
-            _pool.close()
-        _pool = None
-    finally:
-        if locked:
-            _pool_lock.release()
+    _pool.close()
 
 
 # ----------------------------------------------------------------------------- public API
@@ -498,7 +298,7 @@ def _grade_batch_with(
             calls.append((_FREE, completion, reference, timeout_int))
     if not calls:
         return []
-    outcomes = _run_in_pool(worker_fn, calls, deadline)
+    outcomes = _pool.run(worker_fn, calls, deadline)
 
     bad = {}
     grades = []

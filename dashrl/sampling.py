@@ -5,7 +5,7 @@
 top-k keeps the k largest logits (0 = off); top-p then keeps the smallest set of most likely tokens
 whose probability reaches top_p (1 = off), always at least one token. This is the order HF's
 ``generate`` applies them. The reference code sampled with top_k = 50 but trained on the full
-softmax (behaviour != target policy, DASH.md §5); here the engine's log-probs and the loss's
+softmax (behaviour != target policy, docs/algorithm.md §5); here the engine's log-probs and the loss's
 log-probs come from this one definition, so they describe the same policy.
 
 Both the kept set and the draws are computed from a short list of candidates, never by sorting

@@ -4,9 +4,11 @@ DVC owns "what is stale", Prefect owns "when, where, what happened". The flow co
 it asks DVC for the stages and their order, then runs one task per stage whose body is
 `dvc repro <stage>` in its own process group. `dvc repro` itself decides whether the stage (and
 anything upstream of it) is stale, so a run with nothing stale does no work and a run after a
-param change reruns only what DVC says depends on that param.
+param change reruns only what DVC says depends on that param. Everything that talks to DVC (the
+plan, running and killing `dvc repro`, reading its output) is in flows/dvc_process.py; this module
+defines the Prefect tasks, the flow, its artifacts and the CLI.
 
-Order and selection come from DVC's own planner (`dvc.repo.reproduce.plan_repro` over the repo's
+Order and selection come from DVC's own planner (`plan_stages`: DVC's `plan_repro` over the repo's
 stage graph), i.e. exactly the order `dvc repro [targets]` would use: the selected stages (all of
 `dvc.yaml` when none are given; a foreach/matrix group name such as `rl` selects all its items)
 plus every stage upstream of them, upstream first.
@@ -19,17 +21,20 @@ model conversion and RL training behind `report`, once per task. Upstream stages
 in only because they are ancestors run plain `dvc repro <stage>` (rerun only when stale). With no
 stages given every stage is selected, so `force=True` reruns the whole pipeline once, in order.
 
-A failing stage fails its task with the last lines of the stage's own output in the exception;
-later tasks do not run and outputs of earlier stages are left as they are. On success the flow
-publishes `data/report/results.csv` as a table artifact (`dashrl-results`) and a markdown artifact
+A failing stage fails its task with `StageFailed`, whose message starts with the stage's own error
+line (its last exception-like stderr line, e.g. ``ValueError: bad value``; that line is also logged
+at ERROR), then the stage command's real exit status (`dvc repro` itself always exits with 255),
+then the last lines of the stage's output; later tasks do not run and outputs of earlier stages
+are left as they are. On success the flow publishes `data/report/results.csv` as a table artifact
+(`dashrl-results`, numbers rounded to 4 significant digits) and a markdown artifact
 (`dashrl-report`) with the stage summary, `data/report/results.md` and the metrics diff against
-HEAD (`dvc metrics diff --md`; `dvc metrics show --md` when the repo has no commit yet).
+HEAD (`dvc metrics diff`; "nothing to compare against" when HEAD has no metric values, `dvc
+metrics show --md` when the repo has no commit yet).
 
-Process handling: `dvc repro` is started with `start_new_session=True`; on task timeout, on flow
-cancellation (Prefect turns the runner's SIGTERM into an exception in the flow's main thread), on
-Ctrl-C or on any other exception while waiting, the whole process group (dvc and the stage command
-it started) gets SIGTERM and, after a grace period, SIGKILL. Killing only `dvc` would orphan the
-stage command.
+Process handling (flows/dvc_process.py): on task timeout, on flow cancellation (Prefect turns the
+runner's SIGTERM into an exception in the flow's main thread), on Ctrl-C or on any other exception
+while waiting, the whole process group of `dvc repro` (dvc and the stage command it started) gets
+SIGTERM and, after a grace period, SIGKILL.
 
 Usage:
     python -m flows.pipeline                      # every stage, stale ones only
@@ -53,259 +58,29 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import csv  # noqa: E402
-import queue  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from collections import deque  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from decimal import Decimal  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from flows.dvc_process import dvc_command, env_number, has_commit, plan_stages, repro, run_quiet  # noqa: E402
+
 FLOW_NAME = "dashrl-pipeline"
 DEFAULT_ROOT = Path(__file__).resolve().parents[1]
 REPORT_CSV = Path("data/report/results.csv")
 REPORT_MD = Path("data/report/results.md")
-TAIL_LINES = 30  # lines of a failing stage's output carried in the exception
 STATUSES = ("ran", "restored", "skipped")
-
-
-class StageFailed(RuntimeError):
-    """`dvc repro <stage>` exited non-zero; the message ends with the stage's last output lines."""
-
-
-# ----------------------------------------------------------------------------- configuration
 
 
 def resolve_root(root: str | os.PathLike | None = None) -> Path:
     """The DVC repo to run in: `root`, else $DASHRL_ROOT, else the directory above flows/."""
     return Path(root or os.environ.get("DASHRL_ROOT") or DEFAULT_ROOT).resolve()
-
-
-def _env_number(name: str, default: float | None, cast: Callable = float) -> float | None:
-    value = os.environ.get(name, "").strip()
-    if not value or value.lower() == "none":
-        return default
-    return cast(value)
-
-
-def dvc_command() -> list[str]:
-    """The venv's `dvc` beside this interpreter, else `dvc` on PATH, else `python -m dvc`."""
-    venv_dvc = Path(sys.executable).parent / "dvc"
-    if venv_dvc.is_file() and os.access(venv_dvc, os.X_OK):
-        return [str(venv_dvc)]
-    on_path = shutil.which("dvc")
-    return [on_path] if on_path else [sys.executable, "-m", "dvc"]
-
-
-def _subprocess_env() -> dict[str, str]:
-    """Our environment, with this interpreter's bin first on PATH so stage commands (`python -m
-    stages.x`) run in the same venv even when it is not activated, and unbuffered output."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    return env
-
-
-# ----------------------------------------------------------------------------- planning (DVC's)
-
-
-def _address(stage, root: Path) -> str:
-    """The stage's name as `dvc repro` takes it from the repo root (dvc's own `addressing` is
-    relative to the current directory, which need not be the root)."""
-    rel = Path(os.path.relpath(stage.path, root)).as_posix()
-    name = getattr(stage, "name", None)
-    if name is None:  # a .dvc file
-        return rel
-    return name if rel == "dvc.yaml" else f"{rel}:{name}"
-
-
-def plan_stages(root: str | os.PathLike, stages: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """(plan, selected): the stages `dvc repro [stages]` would visit, upstream first, and the ones
-    the targets named. Both come from DVC itself (stage collection, active graph, `plan_repro`).
-
-    >>> plan_stages(".", ["report"])  # doctest: +SKIP
-    (['prepare@arith', 'model', 'evaluate@base-arith', 'report'], ['report'])
-    """
-    from dvc.dvcfile import PROJECT_FILE
-    from dvc.repo import Repo
-    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
-
-    root = Path(root).resolve()
-    # Targets are resolved like `dvc repro` run from the root; dvc 3.67's own DeprecationWarnings
-    # (pygtrie) are noise here.
-    with contextlib.chdir(root), Repo(str(root)) as repo, warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        targets = collect_stages(repo, list(stages) if stages else [PROJECT_FILE])
-        graph = get_active_graph(repo.index.graph)
-        ordered = plan_repro(graph, targets)
-        return [_address(s, root) for s in ordered], [_address(s, root) for s in targets]
-
-
-# ----------------------------------------------------------------------------- running one stage
-
-
-def stage_status(stage: str, output: list[str]) -> str:
-    """What `dvc repro` did with `stage`, read from its log lines: "restored" (outputs checked out
-    from the run-cache), "ran" (command executed) or "skipped" (didn't change / up to date).
-
-    >>> stage_status("b", ["Stage 'a' didn't change, skipping", "Running stage 'b':", "> cmd"])
-    'ran'
-    """
-    quoted = re.escape(f"'{stage}'")
-    if any(re.search(rf"Stage {quoted} is cached - skipping run", line) for line in output):
-        return "restored"
-    if any(re.search(rf"Running stage {quoted}", line) for line in output):
-        return "ran"
-    return "skipped"
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process is left in process group `pgid`."""
-    proc_dir = Path("/proc")
-    if proc_dir.is_dir():
-        for entry in proc_dir.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses
-            fields = stat[stat.rfind(")") + 2 :].split()
-            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                return True
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def kill_process_group(proc: subprocess.Popen, grace_s: float) -> None:
-    """SIGTERM the process group led by `proc`, SIGKILL whatever is left after `grace_s` seconds;
-    reap `proc` itself."""
-    pgid = proc.pid
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            proc.poll()  # reap dvc so that it does not linger as a zombie member of the group
-            if not _group_alive(pgid):
-                break
-            time.sleep(0.05)
-        else:
-            continue
-        break
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
-
-
-def _pump(stream, lines: queue.SimpleQueue) -> None:
-    """Reader thread: every line of `stream`, then None at end of file."""
-    try:
-        for line in stream:
-            lines.put(line.rstrip("\r\n"))
-    except (OSError, ValueError):  # stream closed under us during cleanup
-        pass
-    finally:
-        lines.put(None)
-
-
-def repro(
-    stage: str,
-    root: str | os.PathLike,
-    force: bool = False,
-    log: Callable[[int, str], None] | None = None,
-    grace_s: float | None = None,
-) -> str:
-    """Run `dvc repro <stage>` (`--force --single-item` when `force`) in its own process group from
-    `root`, passing each output line to `log(level, line)`; return `stage_status`. Raise
-    `StageFailed` on a non-zero exit. However this function is left (return, exception, timeout,
-    cancellation, Ctrl-C), no process of the group survives it."""
-    import logging
-
-    grace_s = _env_number("DASHRL_KILL_GRACE_S", 10.0) if grace_s is None else grace_s
-    log = log or (lambda level, line: print(line, flush=True))
-    cmd = [*dvc_command(), "repro", *(["--force", "--single-item"] if force else []), stage]
-    log(logging.INFO, "$ " + shlex.join(["dvc", *cmd[len(dvc_command()) :]]))
-
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    dvc_lines: list[str] = []  # dvc's own status lines, for stage_status
-    lines: queue.SimpleQueue = queue.SimpleQueue()
-    proc = subprocess.Popen(
-        cmd,
-        cwd=root,
-        env=_subprocess_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        bufsize=1,
-        start_new_session=True,  # own process group: dvc + the stage command it starts
-    )
-    reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
-    reader.start()
-    try:
-        exited_at = None
-        while True:
-            # Short waits keep this loop interruptible: Prefect's timeout and cancellation arrive
-            # as exceptions raised in this thread.
-            try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
-                if proc.poll() is not None:
-                    exited_at = exited_at or time.monotonic()
-                    if time.monotonic() - exited_at > 5.0:
-                        break  # dvc is gone but something it left behind holds the pipe open
-                continue
-            if line is None:
-                break
-            if not line.strip():
-                continue
-            tail.append(line)
-            if line.startswith(("Running stage", "Stage '", "'")):
-                dvc_lines.append(line)
-            if line.startswith("ERROR"):
-                level = logging.ERROR
-            elif line.startswith("WARNING"):
-                level = logging.WARNING
-            else:
-                level = logging.INFO
-            log(level, line)
-        returncode = proc.wait()
-    finally:
-        kill_process_group(proc, grace_s)
-        if proc.stdout is not None:
-            with contextlib.suppress(OSError):
-                proc.stdout.close()
-        reader.join(timeout=1.0)
-
-    if returncode != 0:
-        raise StageFailed(
-            f"stage {stage!r} failed: `dvc repro {stage}` exited with {returncode}; "
-            f"last lines of its output:\n" + "\n".join(tail)
-        )
-    return stage_status(stage, dvc_lines)
 
 
 # ----------------------------------------------------------------------------- Prefect tasks
@@ -321,39 +96,97 @@ def plan_task(root: str, stages: list[str] | None) -> tuple[list[str], list[str]
 
 @task(name="dvc-repro", task_run_name="{stage}", cache_policy=NO_CACHE)
 def repro_stage(stage: str, root: str, force: bool = False) -> str:
-    """One DVC stage: `dvc repro <stage>`, its output streamed into the task's log."""
+    """One DVC stage: `dvc repro <stage>`, its output streamed into the task's log. A failure raises
+    `StageFailed` (its message starts with the stage's own error line, logged at ERROR by `repro`)."""
     logger = get_run_logger()
     status = repro(stage, root, force=force, log=logger.log)
     logger.info("stage %s: %s", stage, status)
     return status
 
 
-def _run_quiet(cmd: list[str], root: Path) -> tuple[int, str]:
-    try:
-        done = subprocess.run(
-            cmd, cwd=root, env=_subprocess_env(), capture_output=True, text=True, timeout=300
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 1, str(exc)
-    return done.returncode, (done.stdout + done.stderr).strip()
+# ----------------------------------------------------------------------------- report artifacts
+
+NO_BASELINE = "Nothing to compare against (no git-committed metrics / no DVC remote)"
+
+
+def round_sig(value: object, digits: int = 4) -> str:
+    """A number with `digits` significant digits, positional: 0.123456 -> "0.1235", 1234.56 -> "1235",
+    1.5e-05 -> "0.000015"; integers ("200"), non-numbers and nan/inf are given back unchanged.
+
+    >>> [round_sig(v) for v in ("0.123456", "200", "12345.678", "abc", 2.0 / 3)]
+    ['0.1235', '200', '12350', 'abc', '0.6667']
+    """
+    if isinstance(value, bool | int) or value is None:
+        return str(value)
+    if isinstance(value, str):
+        try:
+            int(value)
+            return value
+        except ValueError:
+            pass
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+    elif isinstance(value, float):
+        number = value
+    else:
+        return str(value)
+    if not math.isfinite(number):
+        return str(value)
+    return format(Decimal(f"{number:.{digits}g}"), "f")
+
+
+def metrics_diff_markdown(diff: dict) -> str:
+    """`dvc metrics diff --json` as markdown: a table of the metrics that have a value at HEAD, or
+    `NO_BASELINE` when none has one (their HEAD copy is neither in git nor fetchable from a remote)."""
+    rows = [
+        (path, metric, values.get("old"), values.get("new"), values.get("diff"))
+        for path, metrics in diff.items()
+        for metric, values in metrics.items()
+    ]
+    if not rows:
+        return "No metric changed since HEAD."
+    compared = [row for row in rows if row[2] is not None]
+    if not compared:
+        return f"{NO_BASELINE}: HEAD has a value for none of the workspace's metrics ({len(rows)})."
+
+    def cell(value: object) -> str:
+        return "-" if value is None else round_sig(value)
+
+    lines = ["| Path | Metric | HEAD | workspace | Change |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {path} | {metric} | {' | '.join(map(cell, values))} |" for path, metric, *values in compared
+    ]
+    if len(compared) < len(rows):
+        n = len(rows) - len(compared)
+        files = ", ".join(sorted({row[0] for row in rows if row[2] is None}))
+        lines += [
+            "",
+            f"Not listed: {n} metric{'s' if n > 1 else ''} with no value at HEAD (new, or not in git / a DVC remote), in {files}.",
+        ]
+    return "\n".join(lines)
 
 
 def metrics_markdown(root: Path) -> str:
-    """`dvc metrics diff --md` against HEAD, or `dvc metrics show --md` when there is no commit."""
-    has_commit = _run_quiet(["git", "rev-parse", "--verify", "--quiet", "HEAD"], root)[0] == 0
-    if has_commit:
-        rc, out = _run_quiet([*dvc_command(), "metrics", "diff", "--md"], root)
+    """The metrics diff against HEAD (`dvc metrics diff`), or `dvc metrics show --md` when there is
+    no commit."""
+    if has_commit(root):
         title = "Metrics diff (HEAD → workspace, `dvc metrics diff`)"
-        if rc == 0 and not out:
-            out = "No metric changed since HEAD."
+        rc, out, err = run_quiet([*dvc_command(), "metrics", "diff", "--json"], root)
+        if rc == 0:
+            try:
+                body = metrics_diff_markdown(json.loads(out or "{}"))
+            except (ValueError, AttributeError) as exc:
+                body = f"(unreadable `dvc metrics diff --json` output: {exc})\n\n```\n{out}\n```"
     else:
-        rc, out = _run_quiet([*dvc_command(), "metrics", "show", "--md"], root)
         title = "Metrics (`dvc metrics show`; no commit to diff against)"
-        if rc == 0 and not out:
-            out = "No metrics."
+        rc, out, err = run_quiet([*dvc_command(), "metrics", "show", "--md"], root)
+        body = out or "No metrics."
     if rc != 0:
-        out = f"(dvc exited with {rc})\n\n```\n{out}\n```"
-    return f"## {title}\n\n{out}\n"
+        output = "\n".join(text for text in (out, err) if text)
+        body = f"(dvc exited with {rc})\n\n```\n{output}\n```"
+    return f"## {title}\n\n{body}\n"
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
@@ -364,7 +197,7 @@ def publish_report(root: str, summary: dict[str, str]) -> str:
     csv_path = root_path / REPORT_CSV
     if csv_path.is_file():
         with csv_path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+            rows = [{key: round_sig(value) for key, value in row.items()} for row in csv.DictReader(f)]
         create_table_artifact(table=rows, key="dashrl-results", description=f"`{REPORT_CSV}`")
     else:
         logger.info("no %s: no table artifact", REPORT_CSV)
@@ -405,10 +238,10 @@ def pipeline(
         repo_root: the DVC repo (None: $DASHRL_ROOT or the directory above flows/).
     """
     root = str(resolve_root(repo_root))
-    retries = int(_env_number("DASHRL_STAGE_RETRIES", 0, int)) if retries is None else retries
+    retries = int(env_number("DASHRL_STAGE_RETRIES", 0, int)) if retries is None else retries
     if retry_delay_s is None:
-        retry_delay_s = _env_number("DASHRL_STAGE_RETRY_DELAY_S", 10.0)
-    timeout_s = _env_number("DASHRL_STAGE_TIMEOUT_S", None) if timeout_s is None else timeout_s
+        retry_delay_s = env_number("DASHRL_STAGE_RETRY_DELAY_S", 10.0)
+    timeout_s = env_number("DASHRL_STAGE_TIMEOUT_S", None) if timeout_s is None else timeout_s
 
     ordered, selected = plan_task(root, stages)
     run_stage = repro_stage.with_options(

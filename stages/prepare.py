@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from dashrl.arith import generate_arith
 from dashrl.code_data import generate_pyfunc
-from dashrl.data import generate_arith, load_problems, write_problems
+from dashrl.data import load_problems, write_problems
 from dashrl.hardware import compute_record
 from dashrl.io import atomic_dir, run_record, write_json
 from dashrl.params import Params, load_params, section_dict

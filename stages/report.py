@@ -39,7 +39,7 @@ from dashrl.reporting import (
     results_table,
     to_markdown,
 )
-from dashrl.rl import read_metrics
+from dashrl.run_log import read_metrics
 from stages import paths
 from stages.common import setup_logging
 

@@ -26,7 +26,8 @@ from dashrl.io import atomic_dir, atomic_file, run_record, write_json
 from dashrl.models import dir_sha256, load_tokenizer
 from dashrl.params import Params, load_params, section_dict
 from dashrl.reporting import plot_rl_curves
-from dashrl.rl import read_metrics, train
+from dashrl.rl import train
+from dashrl.run_log import read_metrics
 from stages import paths
 from stages.common import setup_logging, training_inputs
 

@@ -86,3 +86,17 @@ def test_grade_completions_dispatches_by_source_and_keeps_order():
         get_grader("poetry")
     with pytest.raises(ValueError):
         grade_completions(["x"], ["1"], ["no_such_dataset"], GRADER)
+
+
+def test_every_humaneval_reference_passes_and_a_wrong_program_fails():
+    """The sandbox's call-by-value protocol keeps the real HumanEval tests working: all 164
+    canonical solutions pass (as a continuation of the prompt, as the release gives them)."""
+    from dashrl.data import load_problems
+
+    problems = load_problems("humaneval", "test")
+    completions = [solution.removeprefix(prompt) for solution, prompt in zip(problems["solution"], problems["prompt"], strict=True)]
+    grades = grade_code_batch(completions, problems["answer"].tolist(), limits=SandboxLimits(timeout_s=20.0, cpu_s=20, workers=2))
+    assert [g.status for g in grades] == ["passed"] * len(problems), [
+        (i, g.status, g.detail) for i, g in zip(problems["id"], grades, strict=True) if g.status != "passed"]
+    wrong = grade_code_batch(["    return None\n"] * 5, problems["answer"].tolist()[:5], limits=LIMITS)
+    assert all(g.status == "failed" for g in wrong)

@@ -1,4 +1,4 @@
-"""Tests of dashrl.data: the arithmetic generator, the benchmark loaders on local files, validation, I/O."""
+"""Tests of dashrl.data and dashrl.arith: the arithmetic generator, the benchmark loaders on local files, validation, I/O."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import dashrl.arith
 import dashrl.io
 from dashrl import data
+from dashrl.arith import generate_arith
 from dashrl.data import (
     COLUMNS,
     ProblemDataError,
-    generate_arith,
     load_problems,
     read_problems,
     validate_problems,
@@ -146,8 +147,8 @@ def test_generate_arith_empty_and_bad_arguments():
 
 
 def test_generate_arith_gives_up_when_texts_run_out(monkeypatch):
-    few = data._Arith("What is 1 + 1?", ["1 + 1 = 2."], 2)
-    monkeypatch.setitem(data._LEVEL_GENERATORS, 1, lambda rng: few)
+    few = dashrl.arith._Arith("What is 1 + 1?", ["1 + 1 = 2."], 2)
+    monkeypatch.setitem(dashrl.arith._LEVEL_GENERATORS, 1, lambda rng: few)
     with pytest.raises(ValueError, match=r"could only generate 1 unique level-1 .* of the 2 requested"):
         generate_arith(n_train=0, n_test=2, levels=[1], seed=0)
 

@@ -2,12 +2,15 @@
 
 The modules a stage runs are found from its command (``python -m stages.<name>``) by following the
 project's imports transitively (module level and inside functions), plus files a module runs as a
-script (``RUNS_AS_SCRIPT``).
+script (``RUNS_AS_SCRIPT``). After adding or moving a module, ``python tests/test_dvc_deps.py --write``
+rewrites the code deps of every stage in dvc.yaml (data deps and everything else are kept).
 """
 
 from __future__ import annotations
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 import yaml
@@ -75,3 +78,32 @@ def test_the_import_walk_sees_lazy_imports():
     """The walk must not be vacuous: rl imports vllm_engine inside a function, sandbox runs its runner."""
     runs = closure("stages/rl.py")
     assert {"dashrl/rl.py", "dashrl/vllm_engine.py", "dashrl/sandbox_runner.py", "stages/common.py"} <= runs
+
+
+def write_deps() -> None:
+    """Rewrite each stage's ``.py`` deps in dvc.yaml as the modules it runs (stages first, sorted)."""
+    lines, out, stage, i = (ROOT / "dvc.yaml").read_text().split("\n"), [], None, 0
+    templates = stage_templates()
+    while i < len(lines):
+        line = lines[i]
+        if match := re.match(r"^  (\w+):\s*$", line):
+            stage = match.group(1)
+        if re.match(r"^\s+deps:\s*$", line) and stage in templates:
+            indent = re.match(r"^(\s+)", lines[i + 1]).group(1)
+            out.append(line)
+            i += 1
+            while i < len(lines) and lines[i].startswith(indent + "- "):
+                if not lines[i].strip().endswith(".py"):
+                    out.append(lines[i])  # data deps stay, in their order
+                i += 1
+            module = templates[stage]["cmd"].split("python -m ", 1)[1].split()[0]
+            runs = sorted(closure(module_file(module)), key=lambda f: (not f.startswith("stages/"), f))
+            out += [f"{indent}- {f}" for f in runs]
+            continue
+        out.append(line)
+        i += 1
+    (ROOT / "dvc.yaml").write_text("\n".join(out))
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
+    write_deps()

@@ -1,4 +1,4 @@
-"""Engine selection in ``dashrl.rl.make_engine`` (default suite: no vllm needed)."""
+"""Engine selection in ``dashrl.engines.make_engine`` (default suite: no vllm needed)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import dashrl.rl
+import dashrl.engines
 import dashrl.vllm_engine
 from dashrl.distributed import World
+from dashrl.engines import make_engine, rollout_gpus
 from dashrl.models import load_model, load_tokenizer
 from dashrl.params import load_params
-from dashrl.rl import make_engine, rollout_gpus
 from dashrl.rollout import HFEngine, SamplingConfig, ShardedEngine
 from dashrl.vllm_engine import VLLMEngine, physical_gpu
 
@@ -40,7 +40,7 @@ def test_engine_vllm_without_vllm_is_an_error_naming_the_param(tiny_model_dir, n
 
 def test_auto_without_vllm_picks_hf_and_logs_it(tiny_model_dir, no_vllm, caplog):
     policy, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
-    with caplog.at_level(logging.INFO, logger="dashrl.rl"):
+    with caplog.at_level(logging.INFO, logger="dashrl.engines"):
         engine = make_engine(run_cfg(engine="auto", rollout_dtype="float32"), policy, tokenizer)
     assert isinstance(engine, HFEngine) and engine.model is policy
     assert "engine: auto -> hf" in caplog.text
@@ -52,7 +52,7 @@ def test_auto_with_vllm_but_no_gpu_picks_hf(tiny_model_dir, monkeypatch, caplog)
     monkeypatch.setattr(dashrl.vllm_engine, "vllm_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     policy, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
-    with caplog.at_level(logging.INFO, logger="dashrl.rl"):
+    with caplog.at_level(logging.INFO, logger="dashrl.engines"):
         engine = make_engine(run_cfg(engine="auto"), policy, tokenizer)
     assert isinstance(engine, HFEngine)
     assert "engine: auto -> hf" in caplog.text
@@ -60,7 +60,7 @@ def test_auto_with_vllm_but_no_gpu_picks_hf(tiny_model_dir, monkeypatch, caplog)
 
 def test_several_hf_engines_share_the_batch(tiny_model_dir, no_vllm, caplog):
     policy, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
-    with caplog.at_level(logging.INFO, logger="dashrl.rl"):
+    with caplog.at_level(logging.INFO, logger="dashrl.engines"):
         engine = make_engine(run_cfg(engine="hf", rollout_dtype="float32", rollout_engines=2), policy, tokenizer)
     assert isinstance(engine, ShardedEngine) and len(engine.engines) == 2
     first, second = engine.engines
@@ -95,7 +95,7 @@ def test_several_vllm_engines_pinned_ones_first(tiny_model_dir, monkeypatch):
         built.append(device_ids)
         return RecordingVLLM(device_ids)
 
-    monkeypatch.setattr(dashrl.rl, "_make_vllm_engine", fake_vllm_engine)
+    monkeypatch.setattr(dashrl.engines, "_make_vllm_engine", fake_vllm_engine)
     policy, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     engine = make_engine(run_cfg(engine="vllm", rollout_engines=3), policy, tokenizer)
     assert built == [[1], [2], None]

@@ -1,5 +1,6 @@
-"""The Prefect flow over DVC (flows/pipeline.py) on a tiny DVC repo built in a temp dir: stages
-a -> b -> c (b reads params.yaml `b.value`, c writes data/report/results.{csv,md} and a metric).
+"""The Prefect flow over DVC (flows/pipeline.py, flows/dvc_process.py) on a tiny DVC repo built in a
+temp dir: stages a -> b -> c (b reads params.yaml `b.value`, c writes data/report/results.{csv,md}
+and a metric).
 Each stage appends its name to runs.log (not tracked), so the tests see what really ran.
 
 Only the tests that run flows use the (session-scoped, ~13 s) Prefect test harness."""
@@ -7,6 +8,7 @@ Only the tests that run flows use the (session-scoped, ~13 s) Prefect test harne
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,6 +20,7 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from flows import dvc_process as dp  # noqa: E402
 from flows import pipeline as fp  # noqa: E402
 
 STEP_PY = """\
@@ -35,7 +38,7 @@ elif name == "c":
     value = pathlib.Path("b.txt").read_text().split()[-1]
     out = pathlib.Path("data/report")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.csv").write_text(f"name,value\\nb,{value}\\n")
+    (out / "results.csv").write_text(f"name,value,ratio\\nb,{value},{int(value) / 3}\\n")
     (out / "results.md").write_text(f"| name | value |\\n|---|---|\\n| b | {value} |\\n")
     pathlib.Path("metrics.json").write_text(json.dumps({"value": int(value)}))
 """
@@ -60,12 +63,17 @@ stages:
     outs: [a.txt]
 """
 FAILING_CMD = """python -c "import sys; print('boom: bad value', file=sys.stderr); sys.exit(3)\""""
+# An uncaught exception (exit status 1), then one more stderr line (atexit runs after the traceback).
+RAISING_CMD = (
+    "python -c \"import atexit, sys; atexit.register(lambda: print('cleaning up', file=sys.stderr)); "
+    "raise ValueError('boom: bad value')\""
+)
 SLOW_CMD = "sh -c 'sleep 300 & echo $! > child.pid; wait'"
 
 
 def make_repo(root: Path, b_cmd: str = "python step.py b", value: int = 1) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    dvc = fp.dvc_command()
+    dvc = dp.dvc_command()
     for cmd in (
         ["git", "init", "-q"],
         [*dvc, "init", "-q"],
@@ -135,28 +143,28 @@ def artifact(key: str):
 
 def test_plan_is_dvc_graph_order_with_upstream_of_selected(tmp_path):
     root = make_repo(tmp_path / "repo")
-    assert fp.plan_stages(root) == (["a", "b", "c"], ["c", "b", "a"])
-    assert fp.plan_stages(root, ["b"]) == (["a", "b"], ["b"])
-    assert fp.plan_stages(root, ["c", "a"]) == (["a", "b", "c"], ["c", "a"])
+    assert dp.plan_stages(root) == (["a", "b", "c"], ["c", "b", "a"])
+    assert dp.plan_stages(root, ["b"]) == (["a", "b"], ["b"])
+    assert dp.plan_stages(root, ["c", "a"]) == (["a", "b", "c"], ["c", "a"])
     with pytest.raises(Exception, match="nope"):
-        fp.plan_stages(root, ["nope"])
+        dp.plan_stages(root, ["nope"])
 
 
 def test_stage_status_reads_dvc_output_for_that_stage():
     upstream_ran = ["Running stage 'a':", "> cmd", "Stage 'b' didn't change, skipping"]
-    assert fp.stage_status("b", upstream_ran) == "skipped"
-    assert fp.stage_status("a", upstream_ran) == "ran"
+    assert dp.stage_status("b", upstream_ran) == "skipped"
+    assert dp.stage_status("a", upstream_ran) == "ran"
     cached = ["Stage 'b' is cached - skipping run, checking out outputs"]
-    assert fp.stage_status("b", cached) == "restored"
-    assert fp.stage_status("rl@dash", ["Running stage 'rl@dash':"]) == "ran"
-    assert fp.stage_status("rl@dash", ["Running stage 'rl@grpo':"]) == "skipped"
+    assert dp.stage_status("b", cached) == "restored"
+    assert dp.stage_status("rl@dash", ["Running stage 'rl@dash':"]) == "ran"
+    assert dp.stage_status("rl@dash", ["Running stage 'rl@grpo':"]) == "skipped"
 
 
 def test_exception_while_waiting_kills_the_process_group(tmp_path):
     """What a cancelled flow run sees: Prefect turns the runner's SIGTERM into an exception in the
     main thread while the stage runs; the stage's own child must not survive it."""
     root = make_repo(tmp_path / "repo", b_cmd=SLOW_CMD)
-    fp.repro("a", root)
+    dp.repro("a", root)
     pid_file = root / "child.pid"
 
     class Cancelled(Exception):
@@ -176,12 +184,48 @@ def test_exception_while_waiting_kills_the_process_group(tmp_path):
     try:
         sender.start()
         with pytest.raises(Cancelled):
-            fp.repro("b", root, grace_s=2.0)
+            dp.repro("b", root, grace_s=2.0)
     finally:
         signal.signal(signal.SIGTERM, previous)
         sender.join(timeout=5)
     child = int(pid_file.read_text())
     assert not pid_alive(child)
+
+
+def test_failing_stage_reports_its_error_line_first_and_its_exit_code(tmp_path):
+    root = make_repo(tmp_path / "repo", b_cmd=RAISING_CMD)
+    dp.repro("a", root)
+    logged: list[tuple[int, str]] = []
+    with pytest.raises(dp.StageFailed) as failed:
+        dp.repro("b", root, log=lambda level, line: logged.append((level, line)))
+    error = failed.value
+    # (a) the last exception-like line of the stage's stderr, not its last line, comes first ...
+    assert str(error).splitlines()[0] == error.error_line == "ValueError: boom: bad value"
+    assert "cleaning up" in error.tail
+    # ... and is logged at ERROR
+    assert any(level == logging.ERROR and "ValueError: boom: bad value" in line for level, line in logged)
+    # (b) the stage command's exit status, not dvc's own 255
+    assert (error.exit_code, error.dvc_exit_code) == (1, 255)
+    assert "its command exited with 1; `dvc repro b` exited with 255" in str(error)
+
+
+def test_metrics_diff_without_a_baseline_says_so(tmp_path):
+    root = make_repo(tmp_path / "repo")
+    git_commit(root)  # HEAD has no metrics.json
+    dp.repro("c", root)
+    report = fp.metrics_markdown(root)
+    assert "nothing to compare against (no git-committed metrics / no dvc remote)" in report.lower()
+    assert "| - |" not in report
+    git_commit(root)
+    set_param(root, 2)
+    dp.repro("c", root)
+    assert "| metrics.json | value | 1 | 2 | 1 |" in fp.metrics_markdown(root)
+
+
+def test_round_sig():
+    assert [fp.round_sig(v) for v in ("0.123456", "200", "12345.678", "1.5e-05", "abc", "nan", "")] == [
+        "0.1235", "200", "12350", "0.000015", "abc", "nan", "",
+    ]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- flow runs
@@ -195,6 +239,7 @@ def test_flow_reruns_only_what_dvc_says_is_stale(prefect_harness, tmp_path):
     assert ran(root) == ["a", "b", "c"]
     table = artifact("dashrl-results")
     assert table is not None and "b" in table.data
+    assert "0.3333" in table.data and "0.33333" not in table.data  # numbers rounded to 4 digits
     report = artifact("dashrl-report").data
     assert "| b | 1 |" in report and "dvc metrics show" in report
     git_commit(root)
@@ -234,7 +279,9 @@ def test_failing_stage_fails_the_flow_with_its_message(prefect_harness, tmp_path
     state = fp.pipeline(repo_root=str(root), return_state=True)
     assert state.is_failed()
     assert "boom: bad value" in state.message
-    with pytest.raises(fp.StageFailed, match="boom: bad value"):
+    # The stage's own error line first, then the stage command's exit status (dvc's is 255).
+    assert state.message.index("boom: bad value") < state.message.index("its command exited with 3;")
+    with pytest.raises(dp.StageFailed, match="boom: bad value"):
         state.result()
     assert ran(root) == ["a"]  # c never ran
     assert (root / "a.txt").read_text() == "a\n"  # upstream output intact

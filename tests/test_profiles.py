@@ -68,7 +68,7 @@ def test_a_bad_profile_fails_before_writing_and_names_the_key(repo_copy):
     (repo_copy / "profiles/bad.yaml").write_text(yaml.safe_dump({"rl": {"common": {"filter_treshold": 0.2}}}))
     with pytest.raises(ParamsError, match="rl.common.filter_treshold: unknown key"):
         apply_profile(repo_copy / "params.yaml", [repo_copy / "profiles/bad.yaml"])
-    with pytest.raises(ParamsError, match=r"profiles/nope.yaml: no such profile \(profiles: bad, full, paper\)"):
+    with pytest.raises(ParamsError, match=r"profiles/nope.yaml: no such profile \(profiles: bad, code, code_paper, full, paper\)"):
         apply_profile(repo_copy / "params.yaml", [repo_copy / "profiles/nope.yaml"])
     # Alone, the paper profile adds runs without init_from: caught, nothing written.
     with pytest.raises(ParamsError, match="rl.runs.ppo_multi.init_from: missing key"):

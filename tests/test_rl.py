@@ -18,7 +18,9 @@ import pytest
 import torch
 
 import dashrl.rl
-from dashrl.data import generate_arith, write_problems
+from dashrl.arith import generate_arith
+from dashrl.data import write_problems
+from dashrl.engines import make_engine
 from dashrl.losses import batch_logprobs, completion_logprobs, get_loss_agg
 from dashrl.models import load_model, load_tokenizer
 from dashrl.params import (
@@ -32,22 +34,19 @@ from dashrl.params import (
 )
 from dashrl.rewards import Grade
 from dashrl.rl import (
-    PhaseTimer,
-    PromptSchedule,
-    RLRun,
     Sample,
     backward,
-    lr_lambda,
-    make_engine,
     micro_batches,
     optimizer_step,
     pack,
-    read_metrics,
     rl_step,
     sample_and_score,
     step_counts,
     train,
 )
+from dashrl.rl_run import PromptSchedule, RLRun, lr_lambda
+from dashrl.run_log import read_metrics
+from dashrl.step_metrics import PhaseTimer
 
 PROMPT = PromptParams(format="raw", instruction="", system_prompt=None)
 GRADER = GraderParams(require_box=False, timeout_s=5.0)
