@@ -3,12 +3,19 @@
 Per token t of completion i (docs/algorithm.md §2):
 
     pg_{i,t}  = -min(rho A_i, clip(rho, 1 - clip_low, 1 + clip_high) A_i),  rho = exp(l - l_old)
+                and, for A_i < 0 with the dual clip c: min(pg_{i,t}, -c A_i)   (rho's effect <= c)
     kl_{i,t}  = exp(l_ref - l) - (l_ref - l) - 1                        (k3 estimator, >= 0)
     loss_{i,t} = pg_{i,t} + beta kl_{i,t}
 
-With one optimizer step per sampled batch, l_old = stopgrad(l): rho = 1 and the gradient is
-exactly -A_i grad l (REINFORCE with a group baseline). With reuse (PPO), l_old are the behaviour
-log-probs saved at sampling time.
+l is the log-prob under the sampling distribution (temperature, top-k, top-p); l_ref is the
+reference's under the temperature alone: the untruncated reference gives every sampled token a
+finite log-prob, where a truncated one would floor the tokens outside its own top-k / top-p set
+(k3 of order 1e4, or inf). With one optimizer step per sampled batch, l_old = stopgrad(l): rho = 1
+and the gradient is exactly -A_i grad l (REINFORCE with a group baseline). With reuse (PPO), l_old
+are the trainer's own log-probs of the batch before its first update (``dashrl.rl``).
+
+Padding and masked positions are excluded with ``torch.where``, never by multiplying with a 0/1
+mask: 0 x inf is NaN, and a NaN in one padded position would poison the whole gradient.
 
 Aggregation over tokens is a registered variant: each gives per-token weights and a normaliser
 computed from the WHOLE optimizer step's counts, so the aggregate does not depend on how the step
@@ -31,7 +38,8 @@ from transformers import PreTrainedModel
 from dashrl.batching import PackedBatch, TreeBatch
 from dashrl.sampling import sampling_logprobs
 
-LOGP_FLOOR = -1e4
+LOGP_FLOOR = -1e4  # a token outside the current top-k / top-p set (no gradient flows through it)
+LOG_RATIO_MAX = 20.0  # rho = exp(l - l_old) is computed from a log-ratio clamped here (rho <= 4.9e8)
 
 
 @dataclass(frozen=True)
@@ -85,22 +93,50 @@ def _dr_grpo_weights(mask: torch.Tensor) -> torch.Tensor:
 
 
 def policy_token_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped surrogate per token. logp, old_logp: (B, T); advantages: (B,).
 
-    Returns (loss (B, T), clipped (B, T) bool: where the clipped branch was taken).
+    ``dual_clip`` c (> 1; None or 0: off): for A < 0 the loss is min(surrogate loss, -c A), so a
+    ratio far above 1 (a bad token the updates since sampling made much likelier) costs at most
+    c |A| and gets no gradient past it (Ye et al. 2020's dual-clip PPO). The log-ratio is clamped at ``LOG_RATIO_MAX``: only an
+    old log-prob at the floor (a token outside the old top-k / top-p set) gets there, and rho stays
+    finite (exp overflow would turn the unselected branch's zero gradient into NaN).
+
+    Returns (loss (B, T), clipped (B, T) bool: where a clip (ratio or dual) decided the loss).
     """
-    ratio = torch.exp(logp - old_logp)  # (B, T)
+    ratio = torch.exp((logp - old_logp).clamp(max=LOG_RATIO_MAX))  # (B, T)
     adv = advantages[:, None]  # (B, 1)
     unclipped = ratio * adv  # (B, T)
     clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * adv  # (B, T)
-    return -torch.minimum(unclipped, clipped), clipped < unclipped
+    loss = -torch.minimum(unclipped, clipped)  # (B, T)
+    was_clipped = clipped < unclipped  # (B, T)
+    if dual_clip:
+        bound = (-dual_clip * adv).expand_as(loss)  # (B, T): c |A| where A < 0
+        dual = (adv < 0) & (loss > bound)  # (B, T)
+        loss = torch.where(dual, bound, loss)
+        was_clipped = was_clipped | dual
+    return loss, was_clipped
 
 
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(policy || reference). (B, T) -> (B, T), >= 0."""
-    delta = ref_logp - logp  # (B, T)
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || reference). (B, T) -> (B, T), >= 0.
+
+    ``logp`` is the policy's log-prob of the sampled token, ``ref_logp`` the reference's (under the
+    temperature alone, so finite). 0 where ``mask`` (B, T) is false and where ``logp`` is at the
+    floor (a token outside the policy's current top-k / top-p set: it gets no gradient, and
+    exp(l_ref - floor) overflows); the excluded positions are replaced before the exp, so neither
+    the value nor the gradient can be inf or NaN.
+    """
+    valid = logp > LOGP_FLOOR  # (B, T)
+    if mask is not None:
+        valid = valid & mask.bool()
+    delta = torch.where(valid, ref_logp - logp, torch.zeros_like(logp))  # (B, T)
     return torch.exp(delta) - delta - 1
 
 
@@ -164,7 +200,12 @@ def tree_completion_logprobs(
 def batch_logprobs(
     model: PreTrainedModel, batch: PackedBatch | TreeBatch, temperature: float, top_k: int = 0, top_p: float = 1.0
 ) -> torch.Tensor:
-    """Completion log-probs (B, Tc) of a batch in either layout (``dashrl.batching``)."""
+    """Completion log-probs (B, Tc) of a batch in either layout (``dashrl.batching``), 0 at padding.
+
+    ``top_k`` 0 and ``top_p`` 1 give the temperature-only distribution (the KL reference's).
+    """
     if isinstance(batch, TreeBatch):
-        return tree_completion_logprobs(model, batch, temperature, top_k, top_p)
-    return completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.completion_ids, temperature, top_k, top_p)
+        return tree_completion_logprobs(model, batch, temperature, top_k, top_p)  # 0 at padding already
+    logp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.completion_ids, temperature, top_k,
+                               top_p)  # (B, Tc)
+    return torch.where(batch.completion_mask > 0, logp, torch.zeros_like(logp))  # a padded row's floor is not a value

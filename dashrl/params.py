@@ -198,6 +198,7 @@ class RLRunParams:
     optimizer_steps_per_rollout: int  # optimizer steps per sampled batch (PPO-Mini)
     clip_low: float  # PPO ratio clip: [1 - clip_low, 1 + clip_high]
     clip_high: float
+    dual_clip: float | None  # c: a negative-advantage token's PPO loss is at most c|A| (c > 1; 0 or None = off)
     lr: float
     lr_schedule: Literal["constant", "linear", "cosine"]
     warmup_steps: int  # optimizer steps of linear warm-up
@@ -487,6 +488,8 @@ def check_rl_run(run: RLRunParams, key: str) -> None:
     require(run.sampling == "preemptive" or (run.ppo_epochs == 1 and k == 1), "sampling", run.sampling,
             "PPO reuse (ppo_epochs or optimizer_steps_per_rollout > 1) needs preemptive sampling")
     require(0 <= run.clip_low < 1 and run.clip_high >= 0, "clip_low", (run.clip_low, run.clip_high), "need 0 <= clip_low < 1 and clip_high >= 0")
+    require(run.dual_clip is None or run.dual_clip == 0 or run.dual_clip > 1, "dual_clip", run.dual_clip,
+            "must be > 1 (a bound on the ratio of a negative-advantage token), or 0 / null for off")
     require(run.lr > 0, "lr", run.lr, "must be > 0")
     require(run.warmup_steps >= 0, "warmup_steps", run.warmup_steps, "must be >= 0")
     require(run.grad_clip >= 0, "grad_clip", run.grad_clip, "must be >= 0 (0 = off)")

@@ -18,11 +18,16 @@ Departures from calling math-verify directly (as open-r1 / TRL reward functions 
   any thread.
 - Errors are not folded into 0 silently: ``raise_on_error=True``, and each answer gets a status
   (``correct | wrong | no_answer | parse_error | timeout``) that callers count (``count_statuses``).
-- A hard backstop: signal-based timeouts cannot interrupt every C-level computation, so the parent
-  gives each answer a deadline (``3 * timeout + 2`` s: at most three timed math-verify calls per
-  answer, plus slack). A worker past its deadline is killed, its answer is graded "timeout", a fresh
-  worker replaces it, and the rest of the batch goes on (answers in flight on other workers are not
-  lost).
+- One time budget per answer, ``timeout_s`` (float seconds), for all of its math-verify calls
+  together (reference parse, answer parse, comparisons): the worker arms one interval timer for the
+  whole answer and runs math-verify with its own per-call alarms off (they are whole seconds each,
+  and three of them could add up to three times the budget). Past the budget the answer is
+  "timeout".
+- A hard deadline: a signal cannot interrupt every C-level computation, so the parent gives each
+  answer ``timeout_s + DEADLINE_MARGIN_S`` (0.5 s) from when a worker takes it. A worker past it is
+  killed, its answer is graded "timeout", a fresh worker replaces it (in the background: the verdict
+  does not wait for it), and the rest of the batch goes on (answers in flight on other workers are
+  not lost). A verdict therefore comes back within ``timeout_s + 0.5`` s of a worker taking it.
 
 Importing this module is cheap: no math-verify, sympy or torch import, no process is started until
 the first grade. ``shutdown_grader()`` stops the workers (the pool also stops them at exit).
@@ -31,7 +36,6 @@ the first grade. ``shutdown_grader()`` stops the workers (the pool also stops th
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -49,6 +53,7 @@ _REFERENCE_ONLY = "reference_only"  # no answer (box required, none usable): onl
 _BAD_REFERENCE = "bad_reference"  # worker's marker, raised as ValueError in the parent
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+DEADLINE_MARGIN_S = 0.5  # the parent kills a worker this long after the answer's time budget
 _TRAILING_PUNCTUATION = ".,;:!?"
 _DEFAULT_WORKERS = max(1, min(2, os.cpu_count() or 1))
 
@@ -168,37 +173,70 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e)[:200]}"
 
 
-_reference_cache: dict[tuple[str, int], list] = {}
+_reference_cache: dict[str, list] = {}
 
 
-def _parse_reference(reference: str, timeout_int: int) -> list:
+def _parse_reference(reference: str) -> list:
     """Parsed reference, cached per worker (a group of G completions shares one reference)."""
-    key = (reference, timeout_int)
-    if key not in _reference_cache:
+    if reference not in _reference_cache:
         from math_verify import parse
 
         text = reference if ("\\boxed" in reference or "\\fbox" in reference) else f"${reference}$"
         if len(_reference_cache) >= 4096:
             _reference_cache.clear()
-        _reference_cache[key] = parse(text, parsing_timeout=timeout_int, raise_on_error=True)
-    return _reference_cache[key]
+        _reference_cache[reference] = parse(text, parsing_timeout=None, raise_on_error=True)
+    return _reference_cache[reference]
 
 
-def _grade_in_worker(
-    kind: str, text: str, reference: str, timeout_int: int
-) -> tuple[str, str | None, str | None]:
+class _NoDisabledTimeoutWarning(logging.Filter):
+    """math-verify warns once that its timeouts are off: here one timer covers the whole answer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+def _grade_in_worker(kind: str, text: str, reference: str, timeout_s: float) -> tuple[str, str | None, str | None]:
     """Grade one answer in a worker process's main thread -> (status, extracted, detail).
 
     ``kind`` is "boxed" (``text`` is box content), "free" (``text`` is the whole completion) or
     "reference_only" (only validate the reference). Returns the status "bad_reference" for an
     unparseable reference. Only strings go back to the parent (sympy objects stay here).
+
+    Everything runs under one ``timeout_s`` budget (an interval timer, float seconds): when it
+    fires, math-verify's TimeoutException ends whichever call is running and the answer is "timeout".
     """
+    import signal
+
+    from math_verify.errors import TimeoutException
+
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logger_ = logging.getLogger(name)
+        if not any(isinstance(f, _NoDisabledTimeoutWarning) for f in logger_.filters):
+            logger_.addFilter(_NoDisabledTimeoutWarning())
+
+    def expire(signum, frame):
+        raise TimeoutException(f"grading took over {timeout_s} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        try:
+            return _grade_answer(kind, text, reference)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    except TimeoutException:  # the timer fired outside the calls that handle it themselves
+        return "timeout", (text if kind == _BOXED else None), f"grading took over {timeout_s} s"
+
+
+def _grade_answer(kind: str, text: str, reference: str) -> tuple[str, str | None, str | None]:
+    """``_grade_in_worker``'s work, under its timer (math-verify's own timeouts off)."""
     from math_verify import parse, verify
     from math_verify.errors import TimeoutException
 
     math_errors = _math_errors()
     try:
-        gold = _parse_reference(reference, timeout_int)
+        gold = _parse_reference(reference)
     except TimeoutException:
         return "timeout", None, f"parsing the reference {reference!r} timed out"
     except math_errors as e:
@@ -210,7 +248,7 @@ def _grade_in_worker(
 
     boxed = kind == _BOXED
     try:
-        pred = parse(f"${text}$" if boxed else text, parsing_timeout=timeout_int, raise_on_error=True)
+        pred = parse(f"${text}$" if boxed else text, parsing_timeout=None, raise_on_error=True)
     except TimeoutException:
         return "timeout", text if boxed else None, "parsing the answer timed out"
     except math_errors as e:
@@ -221,20 +259,18 @@ def _grade_in_worker(
         return ("parse_error" if boxed else "no_answer"), extracted, None
 
     # Compare pair by pair so that one failing comparison does not hide a successful one.
-    timed_out, error = False, None
+    error = None
     for g in gold:
         for p in pred:
             if _is_math(g) != _is_math(p):
                 continue  # math-verify never equates a sympy object with a string
             try:
-                if verify(g, p, timeout_seconds=timeout_int, raise_on_error=True):
+                if verify(g, p, timeout_seconds=None, raise_on_error=True):
                     return "correct", extracted, None
             except TimeoutException:
-                timed_out = True
+                return "timeout", extracted, "comparison timed out"  # the answer's budget is spent
             except math_errors as e:
                 error = _short(e)
-    if timed_out:
-        return "timeout", extracted, "comparison timed out"
     if error is not None:
         return "parse_error", extracted, f"comparison failed: {error}"
     if not any(_is_math(p) for p in pred):
@@ -257,19 +293,19 @@ def shutdown_grader() -> None:
 # ----------------------------------------------------------------------------- public API
 
 
-def _timeout_int(timeout_s: float) -> int:
+def _check_timeout(timeout_s: float) -> float:
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-    return max(1, math.ceil(timeout_s))
+    return float(timeout_s)
 
 
 def _deadline_s(timeout_s: float) -> float:
-    """Parent-side backstop per answer: reference parse + answer parse + one comparison, + slack."""
-    return 3 * _timeout_int(timeout_s) + 2.0
+    """Parent-side deadline per answer: the worker's budget for the whole answer, plus a margin."""
+    return _check_timeout(timeout_s) + DEADLINE_MARGIN_S
 
 
 def _grade_batch_with(
-    worker_fn: Callable[[str, str, str, int], tuple[str, str | None, str | None]],
+    worker_fn: Callable[[str, str, str, float], tuple[str, str | None, str | None]],
     completions: Sequence[str],
     references: Sequence[str],
     *,
@@ -284,18 +320,18 @@ def _grade_batch_with(
         for x in items:
             if not isinstance(x, str):
                 raise TypeError(f"every {name} must be a str, got {type(x).__name__}: {x!r}")
-    timeout_int = _timeout_int(timeout_s)
+    timeout_s = _check_timeout(timeout_s)
     deadline = _deadline_s(timeout_s) if deadline_s is None else deadline_s
 
     calls = []
     for completion, reference in zip(completions, references, strict=True):
         box = extract_boxed(completion)
         if box is not None:
-            calls.append((_BOXED, box, reference, timeout_int))
+            calls.append((_BOXED, box, reference, timeout_s))
         elif require_box:
-            calls.append((_REFERENCE_ONLY, "", reference, timeout_int))
+            calls.append((_REFERENCE_ONLY, "", reference, timeout_s))
         else:
-            calls.append((_FREE, completion, reference, timeout_int))
+            calls.append((_FREE, completion, reference, timeout_s))
     if not calls:
         return []
     outcomes = _pool.run(worker_fn, calls, deadline)
@@ -343,7 +379,8 @@ def grade(completion: str, reference: str, *, require_box: bool = False, timeout
 
     The last non-empty box is the answer; without one, ``require_box=True`` gives "no_answer" and
     ``require_box=False`` lets math-verify extract the final answer from the whole completion.
-    ``timeout_s`` bounds each math-verify call (rounded up to whole seconds). Safe from any thread.
+    ``timeout_s`` bounds the grading of the answer (all its math-verify calls together); a verdict
+    comes back within ``timeout_s + DEADLINE_MARGIN_S`` of a worker taking it. Safe from any thread.
 
     >>> grade("so the answer is \\\\boxed{\\\\frac{1}{2}}", "0.5")
     Grade(reward=1.0, extracted='\\\\frac{1}{2}', boxed=True, status='correct', detail=None)

@@ -27,8 +27,13 @@ float summation order). Rank 0 writes checkpoints, rollouts and metrics of the w
 How it departs from the authors' code (a patched TRL GRPOTrainer, docs/algorithm.md §5):
   - filtering happens before the forward pass (theirs after it, saving almost nothing);
   - the normaliser is explicit (filter_norm: original keeps tau = 0 lossless; kept = a larger lr);
-  - PPO's old log-probs are the behaviour log-probs saved at sampling time; with a single
-    optimizer step per batch the ratio is exactly 1 (l_old = stopgrad(l));
+  - with a single optimizer step per batch the ratio is exactly 1 (l_old = stopgrad(l)); with
+    reuse (PPO) the old log-probs are recomputed by the trainer's own forward before the first
+    update, so the ratio starts at exactly 1 for the trainer's numerics (the engine's may differ:
+    a bf16 copy, another kernel); the engine-vs-trainer gap is logged (logprob_gap_mean), and the
+    surrogate has a dual clip for negative advantages (dual_clip);
+  - the KL reference's log-probs use the temperature alone (no top-k / top-p): a sampled token is
+    never outside its support;
   - the loss and the sampler use one distribution (dashrl.sampling), one prompt string,
     and every random choice derives from (seed, step, ...): the data order is a seeded shuffle.
 
@@ -44,7 +49,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +98,8 @@ class Sample:
     grade_status: str
     advantage: float = 0.0
     kept: bool = True
+    # (n_tokens,) off-policy runs, during the step's updates: the trainer's log-probs before the first one
+    old_logprobs: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -120,14 +127,25 @@ def rl_step(run: RLRun, step: int) -> StepOutput:
                                    stats=stats, offset=mine.start)
         # 5-6) backprop in small micro-batches; PPO variants reuse the same samples.
         prompts_per_update = cfg.prompts_per_step // cfg.optimizer_steps_per_rollout
+        updates = [[s for s in samples if lo <= s.prompt_index < lo + prompts_per_update]
+                   for lo in range(0, cfg.prompts_per_step, prompts_per_update)]
+        if not run.on_policy:
+            # PPO: the old log-probs, from the trainer's own forward before the first update, in
+            # the micro-batches the first pass uses (its ratio is then exactly 1).
+            check_behaviour_logprobs([s for s in samples if s.kept])
+            for update in updates:
+                for batch in micro_batches([s for s in update if s.kept], cfg.micro_batch_size, cfg.packing):
+                    with timer("forward_backward"):
+                        recompute_old_logprobs(run, batch, stats)
         for _epoch in range(cfg.ppo_epochs):
-            for lo in range(0, cfg.prompts_per_step, prompts_per_update):
-                update = [s for s in samples if lo <= s.prompt_index < lo + prompts_per_update]
+            for update in updates:
                 for batch in micro_batches([s for s in update if s.kept], cfg.micro_batch_size, cfg.packing):
                     with timer("forward_backward"):
                         backward(run, batch, stats)
                 with timer("optimizer"):
                     optimizer_step(run, step_counts(update, cfg.max_new_tokens, cfg.filter_norm), stats)
+        for s in samples:
+            s.old_logprobs = None  # used up (and not gathered with the samples)
     else:
         # Standard GRPO: generate inside each accumulation micro-step, at the backprop batch size.
         # Units are numbered over the whole step: W processes sample what one process samples.
@@ -213,50 +231,107 @@ def micro_batches(samples: list[Sample], size: int, packing: str = "padded") -> 
 @dataclass
 class MicroBatch(PackedBatch):
     advantages: torch.Tensor  # (B,)
+    old_logprobs: torch.Tensor | None = None  # (B, Tc) off-policy runs (0 at padding)
 
 
 @dataclass
 class TreeMicroBatch(TreeBatch):
     advantages: torch.Tensor  # (B,)
+    old_logprobs: torch.Tensor | None = None  # (B, Tc) off-policy runs (0 at padding)
 
 
 def pack(samples: list[Sample], pad_id: int, device: torch.device, packing: str = "padded") -> MicroBatch | TreeMicroBatch:
-    """One micro-batch in the ``packing`` layout (``dashrl.batching``), with its advantages."""
+    """One micro-batch in the ``packing`` layout (``dashrl.batching``), with its advantages (and the
+    old log-probs, where every sample has them)."""
     packed = get_packing(packing).pack([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples],
                                        pad_id, device, behaviour_logprobs=[s.completion.logprobs for s in samples])
     advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32, device=device)  # (B,)
+    old_logprobs = None
+    if all(s.old_logprobs is not None for s in samples):
+        old_logprobs = torch.zeros(packed.completion_ids.shape, dtype=torch.float32, device=device)  # (B, Tc)
+        for i, s in enumerate(samples):
+            old_logprobs[i, : s.completion.n_tokens] = s.old_logprobs
     cls = TreeMicroBatch if isinstance(packed, TreeBatch) else MicroBatch
-    return cls(**vars(packed), advantages=advantages)
+    return cls(**vars(packed), advantages=advantages, old_logprobs=old_logprobs)
 
 
 # ------------------------------------------------------------------------------------------------
 # 5) backward
 
 
+def check_behaviour_logprobs(samples: list[Sample]) -> None:
+    """An off-policy update needs every sample's behaviour log-probs: a missing one is the engine's
+    bug, never a silent 0."""
+    for s in samples:
+        given = s.completion.logprobs
+        if given is None or len(given) != s.completion.n_tokens:
+            have = "no" if given is None else f"{len(given)} (for {s.completion.n_tokens} tokens)"
+            raise ValueError(f"problem {s.problem_id!r} (prompt {s.prompt_index}, sample {s.sample_index}): the rollout "
+                             f"engine returned {have} behaviour log-probs; an off-policy update (ppo_epochs or "
+                             f"optimizer_steps_per_rollout > 1) needs one per token")
+
+
+def policy_logprobs(run: RLRun, batch: MicroBatch | TreeMicroBatch) -> torch.Tensor:
+    """The policy's completion log-probs (B, Tc) under the sampling distribution, float32, 0 at padding.
+
+    Eval mode: no dropout (train mode enables nothing else in these models), gradients still flow;
+    the engine may share this module. No KV cache (``dashrl.losses``)."""
+    cfg = run.cfg
+    run.policy.eval()
+    with run.autocast():
+        return batch_logprobs(run.policy, batch, cfg.temperature, cfg.top_k, cfg.top_p).float()  # (B, Tc)
+
+
+def record_logprob_gap(samples: list[Sample], batch: MicroBatch | TreeMicroBatch, trainer_logp: torch.Tensor,
+                       stats: dict[str, float]) -> None:
+    """The engine-vs-trainer gap |l_behaviour - l_trainer| at the weights that sampled (a metric)."""
+    has = torch.tensor([s.completion.logprobs is not None for s in samples], device=trainer_logp.device)  # (B,)
+    counted = has[:, None] & (batch.completion_mask > 0)  # (B, Tc)
+    gap = torch.where(counted, (trainer_logp.detach() - batch.behaviour_logprobs).abs(), 0.0)  # (B, Tc)
+    stats["logprob_gap_sum"] += float(gap.sum())
+    stats["logprob_gap_tokens"] += float(counted.sum())
+
+
+def recompute_old_logprobs(run: RLRun, samples: list[Sample], stats: dict[str, float]) -> None:
+    """Off-policy runs, before the first update: each sample's old log-probs from the trainer's own
+    forward (no grad), the same forward the loss then runs, so the first pass's ratio is exactly 1."""
+    batch = pack(samples, run.tokenizer.pad_token_id, run.policy.device, run.cfg.packing)
+    with torch.no_grad():
+        logp = policy_logprobs(run, batch)  # (B, Tc)
+    for i, s in enumerate(samples):
+        s.old_logprobs = logp[i, : s.completion.n_tokens].clone()
+    record_logprob_gap(samples, batch, logp, stats)
+
+
 def backward(run: RLRun, samples: list[Sample], stats: dict[str, float]) -> None:
     """Step 5 for one micro-batch: accumulate grad of sum(weights * token loss)."""
     cfg = run.cfg
-    run.policy.train()  # the engine may share this module and switch it to eval for sampling
     batch = pack(samples, run.tokenizer.pad_token_id, run.policy.device, cfg.packing)
-    with run.autocast():
-        logp = batch_logprobs(run.policy, batch, cfg.temperature, cfg.top_k, cfg.top_p).float()  # (B, Tc)
-    mask = batch.completion_mask  # (B, Tc)
-    old_logp = logp.detach() if run.on_policy else batch.behaviour_logprobs  # (B, Tc)
-    token_loss, clipped = policy_token_loss(logp, old_logp, batch.advantages, cfg.clip_low, cfg.clip_high)  # (B, Tc)
+    logp = policy_logprobs(run, batch)  # (B, Tc)
+    mask = batch.completion_mask > 0  # (B, Tc)
+    if run.on_policy:
+        old_logp = logp.detach()  # (B, Tc)
+        record_logprob_gap(samples, batch, logp, stats)
+    elif batch.old_logprobs is None:
+        raise RuntimeError("an off-policy update needs the old log-probs: recompute_old_logprobs before the first update")
+    else:
+        old_logp = batch.old_logprobs  # (B, Tc)
+    token_loss, clipped = policy_token_loss(logp, old_logp, batch.advantages, cfg.clip_low, cfg.clip_high,
+                                            cfg.dual_clip)  # (B, Tc)
     if cfg.kl_coef > 0:
         with torch.no_grad(), run.autocast():
-            ref_logp = batch_logprobs(run.reference, batch, cfg.temperature, cfg.top_k, cfg.top_p).float()  # (B, Tc)
-        kl = kl_k3(logp, ref_logp)  # (B, Tc)
+            # The reference under the temperature alone: every sampled token has a finite log-prob.
+            ref_logp = batch_logprobs(run.reference, batch, cfg.temperature).float()  # (B, Tc)
+        kl = kl_k3(logp, ref_logp, mask)  # (B, Tc), 0 off the mask
         token_loss = token_loss + cfg.kl_coef * kl
-        stats["kl_sum"] += float((kl.detach() * mask).sum())
-    weights = run.aggregation.token_weights(mask)  # (B, Tc)
-    loss = (weights * token_loss).sum()
+        stats["kl_sum"] += float(kl.detach().sum())
+    weights = run.aggregation.token_weights(batch.completion_mask)  # (B, Tc)
+    loss = torch.where(mask, weights * token_loss, 0.0).sum()
     loss.backward()
     stats["loss_sum"] += float(loss.detach())
     stats["trained_tokens"] += batch.model_tokens  # real tokens through the model (a shared prompt once)
     stats["trained_completion_tokens"] += float(mask.sum())
-    stats["clipped_tokens"] += float((clipped & (mask > 0)).sum())
-    stats["logprob_gap_sum"] += float(((logp.detach() - batch.behaviour_logprobs).abs() * mask).sum())
+    stats["clipped_tokens"] += float((clipped & mask).sum())
     stats["backward_passes"] += 1
 
 
@@ -284,6 +359,7 @@ def optimizer_step(run: RLRun, counts: StepCounts, stats: dict[str, float]) -> N
     normaliser = run.aggregation.normaliser(counts)
     stats["loss"] += stats.pop("loss_sum", 0.0) / max(normaliser, 1)
     stats["updates"] += 1
+    stats.setdefault("lr", run.optimizer.param_groups[0]["lr"])  # the lr the step's first update uses
     if all(p.grad is None for p in params):
         stats["skipped_optimizer_steps"] += 1  # every sample was filtered out: nothing to learn from
         run.optimizer.step()  # a no-op without gradients (AdamW skips them); keeps the schedule in step

@@ -40,7 +40,8 @@ class PhaseTimer:
 # Statistics each process sums over its own samples; the others (optimizer_steps, grad_norm, ...) are
 # the same on every process. The loss is a per-process sum too: local loss sum / global normaliser.
 PER_PROCESS_SUMS = ("sampled_tokens", "zero_variance_groups", "loss", "kl_sum", "trained_tokens",
-                    "trained_completion_tokens", "clipped_tokens", "logprob_gap_sum", "backward_passes")
+                    "trained_completion_tokens", "clipped_tokens", "logprob_gap_sum", "logprob_gap_tokens",
+                    "backward_passes")
 PHASES = ("sampling", "reward", "forward_backward", "optimizer", "weight_sync")
 
 
@@ -80,12 +81,13 @@ def step_metrics(
         "truncation_rate": float(np.mean([s.completion.finish_reason == "length" for s in samples])),
         "loss": stats["loss"] / max(stats["updates"], 1),  # mean over the step's optimizer updates
         "grad_norm": stats.get("grad_norm", 0.0),
-        "lr": run.scheduler.get_last_lr()[0],
+        "lr": stats.get("lr", run.optimizer.param_groups[0]["lr"]),  # the lr the step's (first) update used
         "optimizer_steps": int(stats["optimizer_steps"]),
         "skipped_optimizer_steps": int(stats["skipped_optimizer_steps"]),
         "backward_passes": int(stats["backward_passes"]),
         "trained_tokens": int(stats["trained_tokens"]),  # real (unpadded) prompt + completion tokens back-propagated
-        "logprob_gap_mean": stats["logprob_gap_sum"] / completion_tokens,
+        # |engine - trainer| log-prob at the weights that sampled (PPO: before the first update)
+        "logprob_gap_mean": stats["logprob_gap_sum"] / max(stats["logprob_gap_tokens"], 1.0),
         **seconds,
         "time_step_s": wall_s,
         "sampling_tokens_per_s": stats["sampled_tokens"] / max(timer.seconds.get("sampling", 0.0), 1e-9),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dashrl.advantages import group_advantages, keep_mask, zero_variance_fraction
-from dashrl.losses import LOSS_AGGREGATIONS, StepCounts, get_loss_agg, kl_k3, policy_token_loss
+from dashrl.losses import LOGP_FLOOR, LOSS_AGGREGATIONS, StepCounts, get_loss_agg, kl_k3, policy_token_loss
 from dashrl.params import min_nonzero_abs_advantage
 
 # Three groups of G = 4: one right, two right, all right.
@@ -186,3 +186,61 @@ def test_kl_k3():
     assert torch.equal(kl, torch.exp(delta) - delta - 1)
     other = torch.randn(50, generator=torch.Generator().manual_seed(0))[None]
     assert (kl_k3(torch.zeros(1, 50), other) > 0).all()
+
+
+@pytest.mark.parametrize(
+    ("ratio", "advantage", "loss_expected", "grad_expected", "clipped_expected"),
+    [
+        # A < 0, ratio above c = 3: the loss is c |A| whatever the ratio, and no gradient.
+        (5.0, -1.0, 3.0, 0.0, True),
+        (50.0, -2.0, 6.0, 0.0, True),
+        # A < 0, ratio between 1 + clip_high and c: the ordinary (unclipped, pessimistic) branch.
+        (2.0, -1.0, 2.0, 2.0, False),
+        # A > 0: the dual clip does not apply (the ratio clip at 1 + clip_high does).
+        (5.0, 1.0, -1.2, 0.0, True),
+        (0.5, 1.0, -0.5, -0.5, False),
+    ],
+)
+def test_dual_clip_bounds_a_negative_advantage_token(ratio, advantage, loss_expected, grad_expected, clipped_expected):
+    old = torch.tensor([[-1.0]])
+    logp = (old + math.log(ratio)).requires_grad_(True)  # (1, 1)
+    loss, clipped = policy_token_loss(logp, old, torch.tensor([advantage]), 0.2, 0.2, dual_clip=3.0)
+    loss.sum().backward()
+    assert float(loss.detach()) == pytest.approx(loss_expected, rel=1e-6)
+    assert float(logp.grad) == pytest.approx(grad_expected, rel=1e-6)
+    assert bool(clipped) is clipped_expected
+    # Off (None or 0): the plain clipped surrogate, -min(rho A, clip(rho) A).
+    for off in (None, 0.0):
+        plain, _ = policy_token_loss(logp.detach(), old, torch.tensor([advantage]), 0.2, 0.2, dual_clip=off)
+        assert float(plain) == pytest.approx(-min(ratio * advantage, min(max(ratio, 0.8), 1.2) * advantage), rel=1e-6)
+
+
+def test_policy_loss_is_finite_when_the_old_logprob_is_at_the_floor():
+    """A token outside the old top-k set (old log-prob at the floor) that the update brought back:
+    rho would overflow; the loss and its gradient stay finite for either sign of A."""
+    logp = torch.tensor([[-2.0, -1.0]], requires_grad=True)
+    old = torch.tensor([[LOGP_FLOOR, -1.0]])
+    for dual_clip in (None, 3.0):
+        loss, clipped = policy_token_loss(logp, old, torch.tensor([-1.0]), 0.2, 0.2, dual_clip=dual_clip)
+        (grad,) = torch.autograd.grad(loss.sum(), logp)
+        assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+        assert float(grad[0, 0]) == 0.0 and bool(clipped[0, 0]) is (dual_clip is not None)
+    loss, _ = policy_token_loss(logp, old, torch.tensor([1.0]), 0.2, 0.2)
+    (grad,) = torch.autograd.grad(loss.sum(), logp)
+    assert float(loss.detach()[0, 0]) == pytest.approx(-1.2) and torch.isfinite(grad).all() and float(grad[0, 0]) == 0.0
+
+
+def test_kl_k3_is_zero_and_nan_free_where_masked_or_at_the_policy_floor():
+    """Masked positions (padding) and a policy log-prob at the floor (a token outside the policy's
+    current top-k / top-p set) would give exp(l_ref - l) = inf; they give 0, and no NaN gradient."""
+    logp = torch.tensor([[-1.0, LOGP_FLOOR, -2.0], [-0.5, -3.0, LOGP_FLOOR]], requires_grad=True)  # (B, T)
+    ref = torch.tensor([[-1.5, -0.7, -1.0], [-0.5, -2.0, -0.1]])  # (B, T)
+    mask = torch.tensor([[True, True, True], [True, True, False]])  # (B, T): row 1's last token is padding
+    kl = kl_k3(logp, ref, mask)
+    delta = ref - logp.detach()
+    expected = torch.where(torch.tensor([[True, False, True], [True, True, False]]), torch.exp(delta) - delta - 1, 0.0)
+    assert torch.equal(kl.detach(), expected)
+    kl.sum().backward()
+    assert torch.isfinite(logp.grad).all()
+    assert logp.grad[0, 1] == 0 and logp.grad[1, 2] == 0
+    assert torch.equal(kl_k3(logp.detach()[:, :1], ref[:, :1]), expected[:, :1])  # no mask: every position

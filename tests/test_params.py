@@ -91,6 +91,8 @@ def test_every_dvc_params_key_exists_and_every_param_is_used():
         (lambda r: r["evaluate"]["pass_k"].update(samples_per_problem=1), r"evaluate\.pass_k\.samples_per_problem: 1: must be >= 2"),
         (lambda r: r["prepare"]["pyfunc"].update(levels=[1, 6]), r"prepare\.pyfunc\.levels: \[1, 6\]: must be distinct levels within 1-5"),
         (lambda r: r["prepare"]["pyfunc"].update(n_test=-1), r"prepare\.pyfunc\.n_train/n_test: \(\d+, -1\): must be >= 0"),
+        (lambda r: r["rl"]["common"].update(dual_clip=0.5), r"rl\.runs\.dash\.dual_clip: 0\.5: must be > 1"),
+        (lambda r: r["rl"]["common"].pop("dual_clip"), r"dual_clip: missing key"),
     ],
 )
 def test_bad_params_name_the_key_and_value(edit, message):
@@ -103,6 +105,14 @@ def test_bad_params_name_the_key_and_value(edit, message):
 def test_missing_params_file_is_a_clear_error(tmp_path):
     with pytest.raises(ParamsError, match="params.yaml: file not found"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_dual_clip_defaults_to_3_and_null_or_0_turns_it_off():
+    raw = copy.deepcopy(raw_params())
+    assert from_mapping(Params, raw, where="p").rl.run("dash").dual_clip == 3.0
+    for off in (None, 0):
+        raw["rl"]["common"]["dual_clip"] = off
+        assert not from_mapping(Params, raw, where="p").rl.run("dash").dual_clip
 
 
 def test_ints_are_accepted_for_floats_but_bools_are_not_ints():

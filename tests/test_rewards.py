@@ -97,9 +97,23 @@ def test_unparseable_reference_raises():
 
 
 def test_real_timeout_is_a_timeout_status():
-    # Comparing a tower of powers with 7 runs past math-verify's own (signal) timeout.
+    # Comparing a tower of powers with 7 runs past the answer's time budget.
     g = grade(r"\boxed{9^{9^{9}}}", "7", timeout_s=1)
     assert (g.reward, g.status, g.boxed) == (0.0, "timeout", True)
+
+
+@pytest.mark.parametrize("timeout_s", [1.0, 2.5])
+def test_a_verdict_comes_back_within_the_timeout_plus_a_margin(timeout_s):
+    """9^{9^{9^{9}}} against 1 once took 8.1 s with timeout_s 5 (three math-verify timeouts and a
+    3 x timeout + 2 backstop). One budget covers the whole answer now, and the parent kills a worker
+    DEADLINE_MARGIN_S after it. Wall-clock bounds are the feature here (with a generous margin)."""
+    assert grade(r"\boxed{2}", "2").status == "correct"  # a warm pool: worker start-up is not the answer's
+    start = time.monotonic()
+    g = grade(r"\boxed{9^{9^{9^{9}}}}", "1", timeout_s=timeout_s)
+    elapsed = time.monotonic() - start
+    assert (g.reward, g.status, g.boxed) == (0.0, "timeout", True)
+    assert elapsed < timeout_s + 1.5, elapsed
+    assert grade(r"\boxed{\frac{1}{2}}", "0.5", timeout_s=timeout_s).status == "correct"  # the pool goes on
 
 
 def test_math_reward_logs_failures(caplog):
@@ -143,11 +157,15 @@ def test_same_results_from_worker_threads():
     assert box["g"] == expected
 
 
-def _hang_on_marker(kind, text, reference, timeout_int):
-    """Test-only worker: hangs (like a computation no signal can interrupt) on answers with HANG."""
+def _hang_on_marker(kind, text, reference, timeout_s):
+    """Test-only worker: hangs like a computation no signal can interrupt (SIGALRM blocked) on
+    answers with HANG."""
     if "HANG" in text:
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})  # a timer would not be delivered
         time.sleep(3600)
-    return rewards._grade_in_worker(kind, text, reference, timeout_int)
+    return rewards._grade_in_worker(kind, text, reference, timeout_s)
 
 
 def test_hanging_answer_is_killed_and_the_rest_is_graded():
@@ -161,6 +179,7 @@ def test_hanging_answer_is_killed_and_the_rest_is_graded():
     ]
     references = ["1", "2", "3", "4", "5", "6"]
     deadline = rewards._deadline_s(1)
+    assert deadline == 1 + rewards.DEADLINE_MARGIN_S <= 2
     start = time.perf_counter()
     grades = rewards._grade_batch_with(
         _hang_on_marker, completions, references, require_box=False, timeout_s=1
@@ -170,17 +189,24 @@ def test_hanging_answer_is_killed_and_the_rest_is_graded():
     assert grades[1] == Grade(0.0, "HANG", True, "timeout", grades[1].detail)
     # The backstop fired (not the hang's 3600 s): a behaviour bound, not a speed assertion.
     assert deadline <= elapsed < 600
+    # Alone, on a warm pool, the hanging answer's verdict comes back at timeout + margin (a
+    # wall-clock bound is the feature here; generous margin): the replacement worker starts after.
+    grade_batch([r"\boxed{1}"], ["1"])
+    start = time.monotonic()
+    (hung,) = rewards._grade_batch_with(_hang_on_marker, [r"\boxed{HANG}"], ["2"], require_box=False, timeout_s=1)
+    elapsed = time.monotonic() - start
+    assert hung.status == "timeout" and deadline <= elapsed < 1 + 1.5, elapsed
     # The pool replaced the killed worker: grading works again.
     assert [g.reward for g in grade_batch(completions, references)] == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
 
 
-def _crash_or_raise_on_marker(kind, text, reference, timeout_int):
+def _crash_or_raise_on_marker(kind, text, reference, timeout_s):
     """Test-only worker: the process dies on CRASH, the function raises on RAISE."""
     if "CRASH" in text:
         os._exit(3)
     if "RAISE" in text:
         raise KeyError("a bug in the grader")
-    return rewards._grade_in_worker(kind, text, reference, timeout_int)
+    return rewards._grade_in_worker(kind, text, reference, timeout_s)
 
 
 def test_dead_worker_and_grader_bug():

@@ -39,12 +39,14 @@ from dashrl.rl import (
     micro_batches,
     optimizer_step,
     pack,
+    recompute_old_logprobs,
     rl_step,
     sample_and_score,
     step_counts,
     train,
 )
 from dashrl.rl_run import PromptSchedule, RLRun, lr_lambda
+from dashrl.rollout import Completion
 from dashrl.run_log import read_metrics
 from dashrl.step_metrics import PhaseTimer
 
@@ -73,6 +75,7 @@ DEFAULTS = {
     "optimizer_steps_per_rollout": 1,
     "clip_low": 0.2,
     "clip_high": 0.2,
+    "dual_clip": 3.0,
     "lr": 1e-2,
     "lr_schedule": "constant",
     "warmup_steps": 0,
@@ -399,13 +402,21 @@ def test_ppo_with_one_pass_is_the_policy_gradient(tiny_model_dir, tokenizer, pro
     assert max_abs(reinforce) > 0
     assert all_equal(surrogate, reinforce)
 
-    # With reuse (ppo_epochs = 2) old = the behaviour log-probs saved at sampling time; before the
-    # first update they are the current policy's (fp32 engine), so the first pass is the same gradient.
+    # With reuse (ppo_epochs = 2) old = the trainer's own log-probs before the first update: even
+    # where the engine's behaviour log-probs differ (a bf16 engine), the first pass is the same gradient.
     run.cfg = dataclasses.replace(cfg, ppo_epochs=2)
     assert not run.on_policy
-    backward(run, samples, defaultdict(float))
+    off = [dataclasses.replace(s, completion=dataclasses.replace(s.completion, logprobs=[x + 0.05 for x in s.completion.logprobs]))
+           for s in samples]
+    with pytest.raises(RuntimeError, match="recompute_old_logprobs"):
+        backward(run, off, defaultdict(float))
+    stats: dict[str, float] = defaultdict(float)
+    recompute_old_logprobs(run, off, stats)
+    assert stats["logprob_gap_sum"] / stats["logprob_gap_tokens"] == pytest.approx(0.05, abs=1e-4)
+    run.policy.zero_grad(set_to_none=True)
+    backward(run, off, defaultdict(float))
     first_pass = [p.grad.clone() for p in run.policy.parameters()]
-    assert all_close(first_pass, reinforce, rtol=1e-3, atol=1e-6)
+    assert all_equal(first_pass, reinforce)  # the ratio is exactly 1
 
 
 @pytest.mark.parametrize(("ppo_epochs", "optimizer_steps_per_rollout"), [(2, 1), (1, 2)])
@@ -428,6 +439,208 @@ def test_ppo_multi_and_mini_take_two_optimizer_steps(
 def test_on_policy_step_reports_no_clip_fraction(tiny_model_dir, tokenizer, problems, scripted_rewards):
     run = build_run(make_cfg(), tiny_model_dir, tokenizer, problems)
     assert "clip_fraction" not in rl_step(run, 0).metrics
+
+
+def shortened(completion: Completion, i: int) -> Completion:
+    """The completion cut by i % 4 tokens: the tiny model rarely samples eos (never in a top-3), so
+    without this every completion has max_new_tokens tokens and no micro-batch has padding."""
+    n = max(1, completion.n_tokens - i % 4)
+    return dataclasses.replace(completion, token_ids=completion.token_ids[:n], logprobs=completion.logprobs[:n],
+                               finish_reason="length")
+
+
+def with_engine_gap(run: RLRun, gap: float, missing: int | None = None, ragged: bool = False) -> None:
+    """The engine's behaviour log-probs off the trainer's by ``gap`` (as a bf16 engine's are); the
+    completion number ``missing`` of each call without any (None); ``ragged``: completions of
+    several lengths (``shortened``)."""
+    real = run.engine.generate
+
+    def generate(prompts, n, sampling):
+        rows = real(prompts, n, sampling)
+        flat = [dataclasses.replace(c, logprobs=[x + gap for x in c.logprobs]) for row in rows for c in row]
+        if ragged:
+            flat = [shortened(c, i) for i, c in enumerate(flat)]
+        if missing is not None:
+            flat[missing] = dataclasses.replace(flat[missing], logprobs=None)
+        return [flat[i * n : (i + 1) * n] for i in range(len(rows))]
+
+    run.engine.generate = generate
+
+
+@pytest.mark.parametrize(("ppo_epochs", "optimizer_steps_per_rollout"), [(2, 1), (1, 2)])
+def test_ppo_old_logprobs_are_the_trainers_so_the_first_ratio_is_exactly_one(
+    tiny_model_dir, tokenizer, problems, scripted_rewards, ppo_epochs, optimizer_steps_per_rollout
+):
+    """The engine's log-probs differ from the trainer's by 0.05 (a bf16 engine): the PPO run's first
+    update is the on-policy gradient bit for bit, and logprob_gap_mean reports the engine's gap."""
+    cfg = make_cfg(grad_clip=0.0, micro_batch_size=8)
+    on = build_run(cfg, tiny_model_dir, tokenizer, problems, record_grads=True)
+    with_engine_gap(on, 0.05)
+    out_on = rl_step(on, 0)
+    (grads_on,) = on.optimizer.grads
+
+    off_cfg = dataclasses.replace(cfg, ppo_epochs=ppo_epochs, optimizer_steps_per_rollout=optimizer_steps_per_rollout)
+    off = build_run(off_cfg, tiny_model_dir, tokenizer, problems, record_grads=True)  # the recorder leaves the weights
+    with_engine_gap(off, 0.05)
+    out_off = rl_step(off, 0)
+    assert out_off.rollouts["completion"].tolist() == out_on.rollouts["completion"].tolist()
+    assert len(off.optimizer.grads) == 2 and out_off.metrics["clip_fraction"] == 0.0  # ratio 1 in every pass
+    if ppo_epochs == 2:
+        assert all_equal(off.optimizer.grads[0], grads_on) and all_equal(off.optimizer.grads[1], grads_on)
+    else:  # PPO-Mini: two updates on halves of the batch, with normalisers of a half each
+        summed = [a + b for a, b in zip(*off.optimizer.grads, strict=True)]
+        assert all_close(summed, [2 * g for g in grads_on], rtol=1e-4, atol=1e-7)
+    for m in (out_on.metrics, out_off.metrics):
+        assert m["logprob_gap_mean"] == pytest.approx(0.05, abs=1e-4)
+
+
+def test_a_missing_behaviour_logprob_is_an_error_in_an_off_policy_run(tiny_model_dir, tokenizer, problems, scripted_rewards):
+    run = build_run(make_cfg(ppo_epochs=2), tiny_model_dir, tokenizer, problems)
+    with_engine_gap(run, 0.0, missing=5)  # prompt 1, sample 1
+    problem = run.schedule.batch(0)["id"][1]
+    with pytest.raises(ValueError, match=re.escape(f"problem {problem!r} (prompt 1, sample 1): the rollout engine "
+                                                   "returned no behaviour log-probs")):
+        rl_step(run, 0)
+    # On-policy the behaviour log-probs are a metric only: the gap leaves the sample out (not a 0).
+    on = build_run(make_cfg(), tiny_model_dir, tokenizer, problems)
+    with_engine_gap(on, 0.05, missing=5)
+    assert rl_step(on, 0).metrics["logprob_gap_mean"] == pytest.approx(0.05, abs=1e-4)
+
+
+@pytest.mark.parametrize("packing", ["tree", "padded"])
+def test_the_loss_forward_runs_without_dropout_and_without_a_cache(tiny_model_dir, tokenizer, problems, scripted_rewards,
+                                                                   packing):
+    """The policy in train mode would drop attention weights (attention_dropout 0.5 here): the loss
+    forward runs in eval mode, and twice the same micro-batch gives the same gradient."""
+    cfg = make_cfg(packing=packing, ppo_epochs=2)
+    run = build_run(cfg, tiny_model_dir, tokenizer, problems)
+    for layer in run.policy.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    samples = [s for s in sample_step(run) if s.advantage != 0][:4]
+    seen: list[tuple[bool, object]] = []  # (training, use_cache) of each loss forward
+    run.policy.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((module.training, kwargs.get("use_cache"))), with_kwargs=True)
+    run.policy.train()  # as the optimizer or anyone may leave it
+    recompute_old_logprobs(run, samples, defaultdict(float))
+    grads = []
+    for _ in range(2):
+        run.policy.train()
+        backward(run, samples, defaultdict(float))
+        grads.append([p.grad.clone() for p in run.policy.parameters()])
+        run.policy.zero_grad(set_to_none=True)
+    assert max_abs(grads[0]) > 0 and all_equal(grads[0], grads[1])
+    assert seen == [(False, False)] * 3
+
+
+def test_the_logged_lr_is_the_lr_the_update_used(tiny_model_dir, tokenizer, problems, scripted_rewards):
+    cfg = make_cfg(steps=2, lr_schedule="linear", lr=1e-3)  # factors 1, 1/2 over 2 optimizer steps
+    run = build_run(cfg, tiny_model_dir, tokenizer, problems)
+    used = []
+    run.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: used.append(optimizer.param_groups[0]["lr"]))
+    logged = [rl_step(run, s).metrics["lr"] for s in range(2)]
+    assert used == pytest.approx([1e-3, 5e-4])
+    assert logged == used
+
+
+# ------------------------------------------------------------------------------------------------
+# The KL term
+
+
+def perturbed_reference(model_dir, scale: float):
+    reference = load_model(model_dir).requires_grad_(False)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    return reference
+
+
+def k3_by_hand(policy, reference, samples: list[Sample], temperature: float, top_k: int) -> torch.Tensor:
+    """Mean over all completion tokens of exp(l_ref - l) - (l_ref - l) - 1, each sequence alone:
+    l under the sampling distribution (temperature, top-k), l_ref under the temperature only."""
+    total, tokens = 0.0, 0
+    for s in samples:
+        ids = torch.tensor([s.prompt_ids + s.completion.token_ids])  # (1, L)
+        targets = torch.tensor(s.completion.token_ids)  # (n,)
+        start, end = len(s.prompt_ids) - 1, ids.shape[1] - 1
+        scaled = policy(input_ids=ids).logits[0, start:end].float() / temperature  # (n, V)
+        if top_k:
+            kth = scaled.topk(top_k, dim=-1).values[:, -1:]  # (n, 1)
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        logp = scaled.log_softmax(-1).gather(-1, targets[:, None])[:, 0]  # (n,)
+        with torch.no_grad():
+            ref_scaled = reference(input_ids=ids).logits[0, start:end].float() / temperature  # (n, V)
+        ref_logp = ref_scaled.log_softmax(-1).gather(-1, targets[:, None])[:, 0]  # (n,)
+        delta = ref_logp - logp
+        total = total + (torch.exp(delta) - delta - 1).sum()
+        tokens += len(targets)
+    return total / tokens
+
+
+@pytest.mark.parametrize(("packing", "top_k"), [("tree", 0), ("tree", 3), ("padded", 3)])
+def test_the_kl_term_is_beta_times_k3_to_the_temperature_only_reference(
+    tiny_model_dir, tokenizer, problems, scripted_rewards, packing, top_k
+):
+    """bnpo (a token mean): loss(beta) - loss(0) = beta x mean k3 with the arguments in the right
+    order (k3 is not symmetric) and the policy, not the reference, getting the gradient. With top-k
+    the reference is NOT truncated: a sampled token outside the reference's top-k still has its
+    finite log-prob (truncated, it would get the -1e4 floor: k3 ~ 1e4, or NaN at padded positions)."""
+    cfg = make_cfg(grad_clip=0.0, loss_agg="bnpo", packing=packing, top_k=top_k, kl_coef=0.1, kl_reference="init")
+    run = build_run(cfg, tiny_model_dir, tokenizer, problems, record_grads=True)
+    run.reference = perturbed_reference(tiny_model_dir, 0.05)
+    samples = [dataclasses.replace(s, completion=shortened(s.completion, i)) for i, s in enumerate(sample_step(run))]
+    results = {}
+    for beta in (0.0, 0.1, 0.3):
+        run.cfg = dataclasses.replace(cfg, kl_coef=beta, kl_reference="init" if beta else None)
+        results[beta] = step_gradient(run, samples, micro_batch_size=8)
+    loss_0, grads_0 = results[0.0]
+    mean_k3 = k3_by_hand(run.policy, run.reference, samples, cfg.temperature, top_k)
+    # The reference differs; with top-k the policy is truncated and the reference not (k3 ~ 3 here,
+    # where 3 of 259 near-uniform tokens are kept), but nowhere near the 1e4 of a floored reference.
+    assert 1e-3 < float(mean_k3.detach()) < 10.0
+    run.policy.zero_grad(set_to_none=True)
+    mean_k3.backward()
+    kl_grads = [p.grad.clone() for p in run.policy.parameters()]
+    run.policy.zero_grad(set_to_none=True)
+    for beta in (0.1, 0.3):
+        loss, grads = results[beta]
+        assert loss - loss_0 == pytest.approx(beta * float(mean_k3.detach()), rel=1e-3)
+        assert all_close([g - g0 for g, g0 in zip(grads, grads_0, strict=True)], [beta * g for g in kl_grads],
+                         rtol=1e-3, atol=1e-6)
+    assert max_abs(kl_grads) > 0
+
+
+def test_kl_metric_and_finite_loss_with_top_k_and_padding(tiny_model_dir, tokenizer, problems, scripted_rewards):
+    """A whole step with top-k, padded micro-batches and the KL on: finite loss and metrics (the
+    policy's log-prob of a padding token is at the floor, the reference's is not: exp overflows
+    there, and 0 x inf in a masked sum would be NaN)."""
+    cfg = make_cfg(packing="padded", top_k=3, kl_coef=0.5, kl_reference="init", loss_agg="bnpo", grad_clip=0.0)
+    run = build_run(cfg, tiny_model_dir, tokenizer, problems)
+    with_engine_gap(run, 0.0, ragged=True)
+    run.reference = perturbed_reference(tiny_model_dir, 0.05)
+    before = {name: p.detach().clone() for name, p in run.policy.named_parameters()}
+    out = rl_step(run, 0)
+    m = out.metrics
+    assert torch.isfinite(torch.tensor([m["loss"], m["kl"], m["grad_norm"]])).all()
+    assert 0 < m["kl"] < 10.0  # k3 ~ 3 (see above), not the ~1e4 of a floored reference
+    assert all(torch.isfinite(p).all() and not torch.equal(p, before[name]) for name, p in run.policy.named_parameters())
+
+
+def test_float32_and_bfloat16_train_paths_give_close_gradients(tiny_model_dir, tokenizer, problems, scripted_rewards):
+    """train_dtype float32 and bfloat16 (autocast, fp32 master weights) on the same batch, KL on."""
+    cfg = make_cfg(grad_clip=0.0, kl_coef=0.1, kl_reference="init", top_k=5)
+    run = build_run(cfg, tiny_model_dir, tokenizer, problems, record_grads=True)
+    run.reference = perturbed_reference(tiny_model_dir, 0.05)
+    samples = sample_step(run)
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        run.cfg = dataclasses.replace(cfg, train_dtype=dtype)
+        results[dtype] = step_gradient(run, samples, micro_batch_size=4)
+    (loss_32, grads_32), (loss_16, grads_16) = results["float32"], results["bfloat16"]
+    assert all(torch.isfinite(g).all() for g in grads_16) and torch.isfinite(torch.tensor(loss_16))
+    assert loss_16 == pytest.approx(loss_32, rel=0.01)
+    flat_32, flat_16 = torch.cat([g.flatten() for g in grads_32]), torch.cat([g.flatten() for g in grads_16])
+    assert float(torch.nn.functional.cosine_similarity(flat_32, flat_16, dim=0)) > 0.995
+    assert float((flat_16 - flat_32).norm() / flat_32.norm()) < 0.05
 
 
 # ------------------------------------------------------------------------------------------------
@@ -558,6 +771,8 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_model_dir, t
         ({"rollout_engines": 0}, "rollout_engines", "0", "must be >= 1"),
         ({"engine": "vllm", "rollout_engines": 2, "vllm_tensor_parallel_size": 2}, "rollout_engines", "(2, 2)",
          "several vLLM engines need vllm_tensor_parallel_size 1"),
+        ({"dual_clip": 0.5}, "dual_clip", "0.5", "must be > 1"),
+        ({"dual_clip": 1.0}, "dual_clip", "1.0", "must be > 1"),
     ],
 )
 def test_bad_rl_configs_are_refused_with_key_and_value(overrides, key, value, why):
@@ -571,6 +786,8 @@ def test_default_test_config_and_thresholds_just_below_the_bound_are_accepted():
         tau = 0.999 * min_nonzero_abs_advantage(group_size, scale)
         check_rl_run(make_cfg(group_size=group_size, scale_rewards=scale, filter_threshold=tau), "rl.runs.x")
     check_rl_run(make_cfg(sampling="per_micro_batch", micro_batch_size=8), "rl.runs.x")
+    for dual_clip in (None, 0.0, 3.0):  # null / 0: off
+        check_rl_run(make_cfg(dual_clip=dual_clip), "rl.runs.x")
 
 
 # ------------------------------------------------------------------------------------------------
