@@ -1,8 +1,9 @@
 """Checkpoints of an RL run: what ``dashrl.rl.train`` writes so that a killed run resumes exactly.
 
 A checkpoint ``<work_dir>/checkpoints/step-NNNNNN/`` holds the policy weights, the optimizer state
-and the torch RNG state (safetensors), and the step, the optimizer's param groups, the scheduler
-and the run fingerprint (JSON), written atomically; the newest ``keep_checkpoints`` are kept. A
+and the torch RNG state (safetensors), and the step, the optimizer's param groups, the scheduler,
+the sample selector's state (``dashrl.selectors``: greso's per-prompt history) and the run
+fingerprint (JSON), written atomically; the newest ``keep_checkpoints`` are kept. A
 run resumes only from a checkpoint whose fingerprint (params, initial weights, training data)
 matches its own. Kept apart from the loop: none of this changes an update, only where a run starts.
 """
@@ -39,7 +40,7 @@ def run_fingerprint(cfg: RLRunParams, prompt: PromptParams, grader: GraderParams
 
 
 def save_checkpoint(run: RLRun, work_dir: Path, step: int, fingerprint: str) -> Path:
-    """Weights, optimizer, scheduler and RNG after ``step`` steps, safetensors + JSON, atomically."""
+    """Weights, optimizer, scheduler, RNG and selector state after ``step`` steps, safetensors + JSON, atomically."""
     target = work_dir / "checkpoints" / f"step-{step:06d}"
     with atomic_dir(target) as tmp:
         run.policy.save_pretrained(tmp, safe_serialization=True)
@@ -54,6 +55,7 @@ def save_checkpoint(run: RLRun, work_dir: Path, step: int, fingerprint: str) -> 
             "fingerprint": fingerprint,
             "param_groups": optimizer_state["param_groups"],
             "scheduler": run.scheduler.state_dict(),
+            "selector_state": run.selector_state,  # greso: each prompt's zero-variance history
         }, indent=2, default=_json_default))
     checkpoints = sorted((work_dir / "checkpoints").glob("step-*"))
     for old in checkpoints[: -run.cfg.keep_checkpoints]:
@@ -76,7 +78,7 @@ def latest_checkpoint(work_dir: Path, fingerprint: str) -> Path | None:
 
 
 def restore_checkpoint(run: RLRun, checkpoint: Path) -> int:
-    """Load optimizer, scheduler and RNG state (weights were loaded with the policy). Returns the step."""
+    """Load optimizer, scheduler, RNG and selector state (weights were loaded with the policy). Returns the step."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     tensors = load_file(str(checkpoint / "optimizer.safetensors"))
     optimizer_state: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
@@ -89,4 +91,5 @@ def restore_checkpoint(run: RLRun, checkpoint: Path) -> int:
     scheduler_state.pop("lr_lambdas", None)
     run.scheduler.load_state_dict({**run.scheduler.state_dict(), **scheduler_state})
     torch.set_rng_state(tensors["rng.torch"])
+    run.selector_state = state.get("selector_state", {})
     return int(state["step"])

@@ -132,7 +132,12 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class ReportParams:
+    """The report's figures and statistics (dashrl.stats): 95% intervals, the findings' verdicts."""
+
     plot_dpi: int
+    equivalence_margin: float  # accuracy difference read as "the same" (a "matches" claim: interval within +-margin)
+    bootstrap_samples: int  # replicates of every bootstrap interval
+    bootstrap_seed: int  # seeds every bootstrap (with the quantity's name)
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,12 @@ class RLRunParams:
     sampling: Literal["preemptive", "per_micro_batch"]
     filter_threshold: float  # tau: drop samples with |A| <= tau before the forward pass (0 = off)
     filter_norm: Literal["original", "kept"]  # loss normaliser counts: all sampled, or kept only
+    # Sample selection beyond the paper (dashrl.selectors, docs/algorithm.md §6); selector none = DASH as is.
+    selector: str  # registered: none | dapo | pods | greso
+    dapo_max_rounds: int  # dapo: rollout rounds per step at most (the first included; 1 = no extra round)
+    pods_factor: int  # pods: completions sampled per prompt = pods_factor x group_size; group_size of them trained
+    greso_history: int  # greso: a prompt whose last greso_history groups were all zero-variance is skipped ...
+    greso_explore: float  # greso: ... unless kept with this probability (exploration)
     scale_rewards: bool  # divide group advantages by (unbiased std + 1e-4)
     loss_agg: str  # registered aggregation: grpo | bnpo | dr_grpo
     kl_coef: float  # beta; 0 = no KL term and no reference model loaded
@@ -363,6 +374,11 @@ def _check_cross_section(p: Params) -> None:
         require(name in p.prepare.datasets, "evaluate.benchmarks", name, "is not prepared: add it to prepare.datasets")
     require(len(set(p.evaluate.models)) == len(p.evaluate.models), "evaluate.models", p.evaluate.models, "has duplicates")
     require(p.report.plot_dpi > 0, "report.plot_dpi", p.report.plot_dpi, "must be > 0")
+    require(0 < p.report.equivalence_margin < 1, "report.equivalence_margin", p.report.equivalence_margin,
+            "must be in (0, 1): an accuracy difference")
+    require(p.report.bootstrap_samples >= 1000, "report.bootstrap_samples", p.report.bootstrap_samples,
+            "must be >= 1000 (the 2.5% and 97.5% percentiles need a few dozen replicates beyond them)")
+    require(p.report.bootstrap_seed >= 0, "report.bootstrap_seed", p.report.bootstrap_seed, "must be >= 0")
     producers = {"base", *p.sft.runs, *p.rl.runs}  # model directories some stage writes
     overlap = set(p.sft.runs) & set(p.rl.runs) | ({"base"} & (set(p.sft.runs) | set(p.rl.runs)))
     require(not overlap, "sft.runs/rl.runs", sorted(overlap), "names must be unique (each names a model directory)")
@@ -453,7 +469,8 @@ def min_nonzero_abs_advantage(group_size: int, scale_rewards: bool, eps: float =
 
 def check_rl_run(run: RLRunParams, key: str) -> None:
     """Value checks of one RL run; each error names the key and the value."""
-    from dashrl.losses import LOSS_AGGREGATIONS  # registry; imported here to keep params import-light
+    from dashrl.losses import LOSS_AGGREGATIONS  # registries; imported here to keep params import-light
+    from dashrl.selectors import SELECTORS
 
     def require(ok: bool, field: str, value: Any, why: str) -> None:
         if not ok:
@@ -505,6 +522,16 @@ def check_rl_run(run: RLRunParams, key: str) -> None:
     require(run.rollout_engines == 1 or run.engine == "hf" or run.vllm_tensor_parallel_size == 1, "rollout_engines",
             (run.rollout_engines, run.vllm_tensor_parallel_size),
             "several vLLM engines need vllm_tensor_parallel_size 1 (one GPU per engine)")
+    require(run.selector in SELECTORS, "selector", run.selector, f"unknown (valid: {', '.join(sorted(SELECTORS))})")
+    require(run.selector == "none" or run.sampling == "preemptive", "selector", run.selector,
+            "needs sampling: preemptive (a selector chooses among the whole step's rollouts)")
+    require(run.dapo_max_rounds >= 1, "dapo_max_rounds", run.dapo_max_rounds,
+            "must be >= 1 (rollout rounds per step, the first included)")
+    require(run.pods_factor >= 1, "pods_factor", run.pods_factor,
+            "must be >= 1 (pods samples pods_factor x group_size completions per prompt)")
+    require(run.greso_history >= 1, "greso_history", run.greso_history,
+            "must be >= 1 (zero-variance groups in a row that predict the next one)")
+    require(0 <= run.greso_explore <= 1, "greso_explore", run.greso_explore, "must be in [0, 1] (a probability)")
     require(run.checkpoint_every >= 0, "checkpoint_every", run.checkpoint_every, "must be >= 0")
     require(run.keep_checkpoints >= 1, "keep_checkpoints", run.keep_checkpoints, "must be >= 1")
 

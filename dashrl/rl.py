@@ -2,12 +2,16 @@
 
 One rollout step, in the paper's order (docs/algorithm.md §2-3), and in this file's:
 
-  1) sample      G completions for each of P prompts from the current policy.
+  0) prompts     the step's P prompts from the seeded schedule (a selector may skip some before
+                 rollout and refill them: greso; docs/algorithm.md §6).
+  1) sample      G completions for each of P prompts from the current policy (pods: more).
                  preemptive: the whole step in ONE engine call (DASH);
                  per_micro_batch: one engine call per micro-batch of whole groups, interleaved
                  with the backward passes (the paper's "standard GRPO").
-  2) reward      binary, with the evaluation grader (dashrl.grading).
-  3) advantages  group-normalised (dashrl.advantages).
+  2) reward      binary, with the evaluation grader (dashrl.grading); then the selector chooses
+                 what is trained (none: everything; dapo: informative groups, sampling more
+                 prompts for the missing ones; pods: the max-variance G of each group).
+  3) advantages  group-normalised over what is trained (dashrl.advantages).
   4) filter      drop samples with |A| <= tau BEFORE any forward pass, repack the survivors into
                  micro-batches (packing padded: sorted by length, so little padding is
                  back-propagated; tree: a group stays together, its prompt through the model once).
@@ -16,6 +20,7 @@ One rollout step, in the paper's order (docs/algorithm.md §2-3), and in this fi
                  (PPO-Multi repeats 5-6 ppo_epochs times; PPO-Mini splits the batch into
                  optimizer_steps_per_rollout steps).
   7) sync        the engine's copy of the weights.
+  8) observe     the selector learns from the step (greso: each prompt's zero-variance history).
 
 Data parallel (``torchrun``, ``dashrl.distributed``): W processes each hold the whole model. Each
 samples and scores its own contiguous share of the step's P prompts (whole groups), back-propagates
@@ -41,7 +46,8 @@ All state is explicit in ``RLRun``; ``rl_step`` is the whole algorithm, and ``tr
 after step. What is not the algorithm lives beside it: ``dashrl.rl_run`` (the run's state and how it
 is built: prompt schedule, models, optimizer), ``dashrl.engines`` (which rollout engine samples, on
 which device), ``dashrl.checkpoints`` (save and resume), ``dashrl.run_log`` (metrics.jsonl and the
-rollout files) and ``dashrl.step_metrics`` (what each step reports).
+rollout files), ``dashrl.step_metrics`` (what each step reports) and ``dashrl.selectors`` (the
+registered sample selectors, called at 0, 1, 2 and 8).
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ from dashrl.progress import progress
 from dashrl.rl_run import RLRun, build_run, resolve_dtypes
 from dashrl.rollout import Completion, SamplingConfig, derive_seed
 from dashrl.run_log import record_step, start_work_dir
+from dashrl.selectors import Group
 from dashrl.step_metrics import PhaseTimer, gather_step, rollout_frame, step_metrics
 
 log = logging.getLogger(__name__)
@@ -90,14 +97,15 @@ class Sample:
 
     problem_id: str
     level: int
-    prompt_index: int  # within the step
+    prompt_index: int  # within the step (from P on: a group the selector generated and did not train)
     sample_index: int  # within the group
     prompt_ids: list[int]
     completion: Completion
     reward: float
     grade_status: str
     advantage: float = 0.0
-    kept: bool = True
+    kept: bool = True  # goes into the backward pass (selected, and |A| > tau)
+    selected: bool = True  # False: generated, not trained (the selector's choice, before the advantages)
     # (n_tokens,) off-policy runs, during the step's updates: the trainer's log-probs before the first one
     old_logprobs: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
@@ -114,17 +122,26 @@ class StepOutput:
 
 def rl_step(run: RLRun, step: int) -> StepOutput:
     """One rollout step of DASH / GRPO / PPO, top to bottom."""
-    cfg, timer = run.cfg, PhaseTimer()
+    cfg, timer, selector = run.cfg, PhaseTimer(), run.selector
     stats: dict[str, float] = defaultdict(float)
     step_start = time.perf_counter()
-    problems = run.schedule.batch(step)  # P rows
+    # 0) the step's P prompts: the schedule's, less those the selector skips before rollout (refilled).
+    problems = selector.prompts(run, step, run.schedule.batch(step), stats)  # P rows
     mine = run.world.shard(cfg.prompts_per_step)  # this process's prompts (all P in a single process)
 
     if cfg.sampling == "preemptive":
-        # 1-4) sample the whole step (this process's share) at once, score, filter; the survivors
-        # wait in memory. Process r draws from seed (seed, step, r).
-        samples = sample_and_score(run, problems.iloc[mine.start : mine.stop], step, unit=run.world.rank, timer=timer,
-                                   stats=stats, offset=mine.start)
+        # 1-2) sample the whole step (this process's share) at once and grade it: G completions per
+        # prompt, or the selector's number. Process r draws from seed (seed, step, r); a selector's
+        # extra round k from (seed, step, k * W + r).
+        def rollout(rows: pd.DataFrame, round_: int) -> list[Group]:
+            unit = round_ * run.world.size + run.world.rank
+            return sample_groups(run, rows, step, unit, timer, stats, draws=selector.draws(cfg))
+
+        groups = rollout(problems.iloc[mine.start : mine.stop], 0)
+        # 2b) the selector chooses what is trained: whole groups, or completions within each.
+        groups = selector.select(run, step, groups, rollout, stats)
+        # 3-4) advantages over what is trained, keep mask; the survivors wait in memory.
+        samples = score_groups(run, groups, offset=mine.start)
         # 5-6) backprop in small micro-batches; PPO variants reuse the same samples.
         prompts_per_update = cfg.prompts_per_step // cfg.optimizer_steps_per_rollout
         updates = [[s for s in samples if lo <= s.prompt_index < lo + prompts_per_update]
@@ -167,8 +184,10 @@ def rl_step(run: RLRun, step: int) -> StepOutput:
         run.engine.sync_weights(run.policy)
 
     samples = gather_step(run, samples, stats, timer)  # the whole step, on every process
+    # 8) what the selector learns from the step (the same on every process).
+    selector.observe(run, step, samples)
     metrics = step_metrics(run, step, samples, stats, timer, time.perf_counter() - step_start)
-    return StepOutput(metrics=metrics, rollouts=rollout_frame(step, samples))
+    return StepOutput(metrics=metrics, rollouts=rollout_frame(step, samples, selected_column=selector.drops_samples))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -186,30 +205,64 @@ def sample_and_score(
     run: RLRun, problems: pd.DataFrame, step: int, unit: int, timer: PhaseTimer, stats: dict[str, float], offset: int = 0
 ) -> list[Sample]:
     """Steps 1-4 for a set of prompts: sample G each, grade, group advantages, keep-mask."""
-    cfg, group = run.cfg, run.cfg.group_size
+    return score_groups(run, sample_groups(run, problems, step, unit, timer, stats), offset)
+
+
+def sample_groups(
+    run: RLRun, problems: pd.DataFrame, step: int, unit: int, timer: PhaseTimer, stats: dict[str, float],
+    draws: int | None = None,
+) -> list[Group]:
+    """Steps 1-2 for a set of prompts: sample ``draws`` completions each (G by default) in one engine
+    call, seeded by (seed, step, unit), and grade them."""
+    cfg, n = run.cfg, draws or run.cfg.group_size
     prompts = [render_prompt(p, run.tokenizer, run.prompt, task_of(source))
                for p, source in zip(problems["prompt"], problems["source"], strict=True)]
     with timer("sampling"):
-        completions = run.engine.generate(prompts, group, sampling_config(cfg, step, unit))  # (P, G)
+        completions = run.engine.generate(prompts, n, sampling_config(cfg, step, unit))  # (P, n)
     stats["sampled_tokens"] += run.engine.last_stats.generated_tokens
     with timer("reward"):
         flat = [c for row in completions for c in row]
-        references = [a for a in problems["answer"] for _ in range(group)]
-        sources = [source for source in problems["source"] for _ in range(group)]
+        references = [a for a in problems["answer"] for _ in range(n)]
+        sources = [source for source in problems["source"] for _ in range(n)]
         grades = grade_completions([c.text for c in flat], references, sources, run.grader)
-    rewards = torch.tensor([g.reward for g in grades]).view(len(prompts), group)  # (P, G)
-    advantages = group_advantages(rewards, cfg.scale_rewards)  # (P, G)
-    keep = keep_mask(advantages, cfg.filter_threshold)  # (P, G)
+    rewards = torch.tensor([g.reward for g in grades]).view(len(prompts), n)  # (P, n)
     stats["zero_variance_groups"] += zero_variance_fraction(rewards) * len(prompts)
-    samples = []
-    for i, (problem, prompt) in enumerate(zip(problems.itertuples(), prompts, strict=True)):
-        prompt_ids = run.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        for j in range(group):
-            g = grades[i * group + j]
+    stats["groups_generated"] += len(prompts)
+    return [Group(problem_id=problem.id, level=int(problem.level),
+                  prompt_ids=run.tokenizer(prompt, add_special_tokens=False)["input_ids"], completions=completions[i],
+                  grades=grades[i * n : (i + 1) * n], rewards=rewards[i])
+            for i, (problem, prompt) in enumerate(zip(problems.itertuples(), prompts, strict=True))]
+
+
+def score_groups(run: RLRun, groups: list[Group], offset: int = 0) -> list[Sample]:
+    """Steps 3-4: group advantages over the completions each trained group keeps (``chosen``), the
+    keep-mask; one Sample per generated completion, the others marked not selected.
+
+    Trained groups are numbered ``offset``, ``offset + 1``, ... in order; groups generated and not
+    trained get prompt indices from P on (outside every update's range)."""
+    cfg = run.cfg
+    trained = [g for g in groups if g.trained]
+    chosen = (torch.stack([g.rewards[g.chosen] for g in trained]) if trained
+              else torch.zeros(0, cfg.group_size))  # (T, m)
+    advantages = group_advantages(chosen, cfg.scale_rewards)  # (T, m)
+    keep = keep_mask(advantages, cfg.filter_threshold)  # (T, m)
+    samples: list[Sample] = []
+    n_trained = n_untrained = 0
+    for g in groups:
+        if g.trained:
+            row, index = n_trained, offset + n_trained
+            column = {j: k for k, j in enumerate(g.chosen)}  # sample index -> its column in advantages
+            n_trained += 1
+        else:
+            row, index, column = -1, cfg.prompts_per_step + run.world.rank + n_untrained * run.world.size, {}
+            n_untrained += 1
+        for j, (completion, grade) in enumerate(zip(g.completions, g.grades, strict=True)):
+            k = column.get(j)
             samples.append(Sample(
-                problem_id=problem.id, level=int(problem.level), prompt_index=offset + i, sample_index=j,
-                prompt_ids=prompt_ids, completion=completions[i][j], reward=g.reward, grade_status=g.status,
-                advantage=float(advantages[i, j]), kept=bool(keep[i, j]),
+                problem_id=g.problem_id, level=g.level, prompt_index=index, sample_index=j, prompt_ids=g.prompt_ids,
+                completion=completion, reward=grade.reward, grade_status=grade.status,
+                advantage=0.0 if k is None else float(advantages[row, k]),
+                kept=False if k is None else bool(keep[row, k]), selected=k is not None,
             ))
     return samples
 
@@ -333,6 +386,7 @@ def backward(run: RLRun, samples: list[Sample], stats: dict[str, float]) -> None
     stats["trained_completion_tokens"] += float(mask.sum())
     stats["clipped_tokens"] += float((clipped & mask).sum())
     stats["backward_passes"] += 1
+    stats["backpropagated_samples"] += len(samples)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,7 +394,8 @@ def backward(run: RLRun, samples: list[Sample], stats: dict[str, float]) -> None
 
 
 def step_counts(samples: list[Sample], max_new_tokens: int, filter_norm: str) -> StepCounts:
-    counted = samples if filter_norm == "original" else [s for s in samples if s.kept]
+    """What the normaliser counts: every selected sample (original), or the kept ones (kept)."""
+    counted = [s for s in samples if s.selected] if filter_norm == "original" else [s for s in samples if s.kept]
     return StepCounts(
         sequences=len(counted), tokens=sum(s.completion.n_tokens for s in counted), max_new_tokens=max_new_tokens
     )

@@ -1,5 +1,5 @@
 """The state of an RL run and how it is built: which prompts each step sees, the policy, the
-frozen reference, the optimizer and its schedule, the rollout engine.
+frozen reference, the optimizer and its schedule, the rollout engine, the sample selector's state.
 
 ``dashrl.rl`` is the algorithm (one step, and the loop over steps); everything it touches is the
 ``RLRun`` built here, passed explicitly. ``build_run`` is where a run's configuration turns into
@@ -13,8 +13,9 @@ import contextlib
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ from dashrl.losses import LossAggregation, get_loss_agg
 from dashrl.models import load_model
 from dashrl.params import GraderParams, PromptParams, RLRunParams
 from dashrl.rollout import RolloutEngine, derive_seed
+from dashrl.selectors import Selector, get_selector
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +85,17 @@ class RLRun:
     total_steps: int
     reference: PreTrainedModel | None = None
     world: World = SINGLE  # the processes training this model together (one by default)
+    # What the selector has learnt so far (greso: each prompt's zero-variance history); plain JSON
+    # values, kept by checkpoints (dashrl.checkpoints), the same on every process.
+    selector_state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def aggregation(self) -> LossAggregation:
         return get_loss_agg(self.cfg.loss_agg)
+
+    @property
+    def selector(self) -> Selector:
+        return get_selector(self.cfg.selector)
 
     @property
     def on_policy(self) -> bool:

@@ -41,7 +41,11 @@ class PhaseTimer:
 # the same on every process. The loss is a per-process sum too: local loss sum / global normaliser.
 PER_PROCESS_SUMS = ("sampled_tokens", "zero_variance_groups", "loss", "kl_sum", "trained_tokens",
                     "trained_completion_tokens", "clipped_tokens", "logprob_gap_sum", "logprob_gap_tokens",
-                    "backward_passes")
+                    "backward_passes", "groups_generated", "backpropagated_samples")
+# Per-process counts of which the step reports the largest (a selector's extra rollout rounds: the
+# processes wait for the one that sampled most). prompts_skipped / prompts_explored are decided for the
+# whole step, the same on every process.
+PER_PROCESS_MAXES = ("extra_rounds",)
 PHASES = ("sampling", "reward", "forward_backward", "optimizer", "weight_sync")
 
 
@@ -49,6 +53,7 @@ def gather_step(run: RLRun, samples: list[Sample], stats: dict[str, float], time
     """The whole step's samples (in prompt order) and summed statistics on every process; phase
     times become the slowest process's. A single process keeps its own."""
     stats.update(run.world.sum_floats({key: stats[key] for key in PER_PROCESS_SUMS}))
+    stats.update(run.world.max_floats({key: stats[key] for key in PER_PROCESS_MAXES}))
     timer.seconds.update(run.world.max_floats({phase: timer.seconds[phase] for phase in PHASES}))
     return run.world.gather_objects(samples)
 
@@ -56,10 +61,14 @@ def gather_step(run: RLRun, samples: list[Sample], stats: dict[str, float], time
 def step_metrics(
     run: RLRun, step: int, samples: list[Sample], stats: dict[str, float], timer: PhaseTimer, wall_s: float
 ) -> dict[str, Any]:
+    """The step's metrics. The policy's own (reward, length, grades) are over every generated sample;
+    the filter's (samples, kept, dropped, advantages) over the samples the selector chose to train
+    (with selector none: the same ones)."""
     cfg = run.cfg
     rewards = np.array([s.reward for s in samples])
     lengths = np.array([s.completion.n_tokens for s in samples])
-    kept = [s for s in samples if s.kept]
+    selected = [s for s in samples if s.selected]
+    kept = [s for s in selected if s.kept]
     kept_tokens = sum(s.completion.n_tokens for s in kept)
     completion_tokens = max(stats["trained_completion_tokens"], 1.0)
     seconds = {f"time_{phase}_s": timer.seconds.get(phase, 0.0) for phase in PHASES}
@@ -67,15 +76,24 @@ def step_metrics(
         "step": step,
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()),
-        "zero_variance_group_fraction": stats["zero_variance_groups"] / cfg.prompts_per_step,
-        "samples": len(samples),
+        "zero_variance_group_fraction": stats["zero_variance_groups"] / max(stats["groups_generated"], 1.0),
+        "samples": len(selected),
         "samples_kept": len(kept),
-        "samples_dropped": len(samples) - len(kept),
-        "kept_fraction": len(kept) / len(samples),
+        "samples_dropped": len(selected) - len(kept),
+        "kept_fraction": len(kept) / max(len(selected), 1),
+        # The selector's accounting (dashrl.selectors): generated vs back-propagated (each backward pass
+        # counts its sequences: ppo_epochs passes count a sample that often), prompts sampled (extra rounds
+        # included), skipped before rollout, kept by exploration, extra rollout rounds.
+        "samples_generated": len(samples),
+        "samples_backpropagated": int(stats["backpropagated_samples"]),
+        "prompts_sampled": int(stats["groups_generated"]),
+        "prompts_skipped": int(stats["prompts_skipped"]),
+        "prompts_explored": int(stats["prompts_explored"]),
+        "extra_rounds": int(stats["extra_rounds"]),
         "tokens_kept": kept_tokens,
-        "tokens_dropped": int(lengths.sum()) - kept_tokens,
+        "tokens_dropped": sum(s.completion.n_tokens for s in selected) - kept_tokens,
         "mean_abs_advantage_kept": float(np.mean([abs(s.advantage) for s in kept])) if kept else 0.0,
-        "mean_abs_advantage_all": float(np.mean([abs(s.advantage) for s in samples])),
+        "mean_abs_advantage_all": float(np.mean([abs(s.advantage) for s in selected])) if selected else 0.0,
         "completion_tokens_mean": float(lengths.mean()),
         "completion_tokens_max": int(lengths.max()),
         "truncation_rate": float(np.mean([s.completion.finish_reason == "length" for s in samples])),
@@ -102,8 +120,10 @@ def step_metrics(
     return metrics
 
 
-def rollout_frame(step: int, samples: list[Sample]) -> pd.DataFrame:
-    return pd.DataFrame({
+def rollout_frame(step: int, samples: list[Sample], selected_column: bool = False) -> pd.DataFrame:
+    """One row per generated sample. ``selected_column`` (selectors that generate samples they never
+    train: dapo, pods): a ``selected`` column says which ones the selector chose."""
+    frame = pd.DataFrame({
         "step": [step] * len(samples),
         "problem_id": [s.problem_id for s in samples],
         "level": [s.level for s in samples],
@@ -118,3 +138,6 @@ def rollout_frame(step: int, samples: list[Sample]) -> pd.DataFrame:
         "tokens": [s.completion.n_tokens for s in samples],
         "truncated": [s.completion.finish_reason == "length" for s in samples],
     })
+    if selected_column:
+        frame["selected"] = [s.selected for s in samples]
+    return frame

@@ -5,9 +5,15 @@
 Reads ``data/eval``, ``data/passk``, ``data/rl/<run>/{summary.json,metrics.jsonl}`` and
 ``data/sft/<run>/summary.json``; writes ``data/report/``:
 
-- ``results.md|csv``: every evaluated model x benchmark (accuracy, format, length, throughput);
+- ``results.md|csv``: every evaluated model x benchmark (accuracy with its 95% interval, format,
+  length, throughput);
 - ``table1..6.md|csv``: the paper's Tables 1-6 (1, 3, 5, 6 on math; 2, 4 on code; rows of
-  configurations this profile did not run say so);
+  configurations this profile did not run say so; a configuration's seeds ``X``, ``X-s1``, ... in one row);
+- ``findings.md|csv``: each of the paper's claims the runs can test, with the interval that decides
+  its verdict (reproduces / does not / inconclusive / not run); ``seeds.md|csv``: configurations
+  with several seeds; ``selectors.md|csv`` + ``fig_selectors.png``: the sample selectors compared
+  (profiles/selectors.yaml); ``metrics.json``: the DVC metrics of the report (``dvc exp show``);
+- ``curves/rl/<run>.csv``, ``curves/sft/<run>.csv``: per-step training metrics (DVC plots);
 - ``fig1_time_split.png``, ``fig3_filtering.png``, ``fig4_reward_vs_time.png``,
   ``fig5_pass_at_k.png``, ``fig6_kl.png``, plus ``accuracy.png``, ``accuracy_by_level.png``,
   ``rl_curves.png``.
@@ -19,14 +25,21 @@ import json
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from dashrl.data import task_of
-from dashrl.io import atomic_dir
+from dashrl.io import atomic_dir, write_json
 from dashrl.params import Params, load_params
 from dashrl.reporting import (
     PAPER_TABLES,
     RunResults,
+    StatsSettings,
     compute_notes,
     compute_table,
+    config_accuracy,
+    config_of,
+    curve_frames,
+    findings_table,
     paper_table,
     plot_accuracy,
     plot_accuracy_by_level,
@@ -36,10 +49,14 @@ from dashrl.reporting import (
     plot_reward_vs_time,
     plot_rl_curves,
     plot_time_split,
+    report_metrics,
     results_table,
+    seeds_table,
+    task_benchmarks,
     to_markdown,
 )
 from dashrl.run_log import read_metrics
+from dashrl.selector_report import SELECTOR_RUNS, plot_selectors, selector_notes, selector_table
 from stages import paths
 from stages.common import setup_logging
 
@@ -52,6 +69,15 @@ def _read_json(path: Path, stage: str) -> dict:
     return json.loads(path.read_text())
 
 
+def _read_scores(path: Path, stage: str) -> pd.Series:
+    """The first sample's score per problem (index: problem id) of one evaluation's problems.parquet."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run `dvc repro {stage}` first")
+    rows = pd.read_parquet(path, columns=["id", "sample", "reward"])
+    first = rows[rows["sample"] == 0]
+    return pd.Series(first["reward"].to_numpy(dtype=float), index=first["id"].to_numpy(), name="reward")
+
+
 def collect(params: Params) -> RunResults:
     """Every configured run's recorded metrics; a configured run without outputs is an error."""
     benchmarks = params.evaluate.benchmarks
@@ -62,11 +88,15 @@ def collect(params: Params) -> RunResults:
     rl_summary = {r: _read_json(paths.rl_dir(r) / "summary.json", f"rl@{r}") for r in params.rl.runs}
     rl_steps = {r: read_metrics(paths.rl_dir(r)) for r in params.rl.runs}
     sft_summary = {r: _read_json(paths.sft_dir(r) / "summary.json", f"sft@{r}") for r in params.sft.runs}
+    sft_steps = {r: read_metrics(paths.sft_dir(r)) for r in params.sft.runs}
+    scores = {(m, b): _read_scores(paths.eval_dir(m, b) / "problems.parquet", f"evaluate@{m}-{b}") for m, b in evals}
     tasks = {b: task_of(b) for b in benchmarks}
     tasks |= {r: task_of(params.rl.run(r).dataset) for r in params.rl.runs}
     tasks |= {r: task_of(params.sft.run(r).dataset) for r in params.sft.runs}
+    r = params.report
     return RunResults(benchmarks=benchmarks, evals=evals, passk=passk, rl_summary=rl_summary,
-                      rl_steps=rl_steps, sft_summary=sft_summary, tasks=tasks)
+                      rl_steps=rl_steps, sft_summary=sft_summary, tasks=tasks, scores=scores, sft_steps=sft_steps,
+                      stats=StatsSettings(r.equivalence_margin, r.bootstrap_samples, r.bootstrap_seed))
 
 
 def collect_compute(params: Params) -> dict[str, dict | None]:
@@ -89,6 +119,46 @@ def _grader_notes(params: Params, tasks: set[str]) -> list[str]:
     ) if task in tasks]
 
 
+def _interval_notes(params: Params) -> list[str]:
+    r = params.report
+    return [
+        "Intervals are 95%. One run's accuracy (`accuracy_lo`/`_hi` in results, a one-seed row of a table): Wilson "
+        "over the problems (first sample per problem). A configuration with several seeds (runs X, X-s1, X-s2; "
+        "`seeds` > 1): the mean over seeds, with a bootstrap that resamples seeds, then problems; seeds.md adds the "
+        "t interval over seeds and the bootstrap over problems with the seeds fixed.",
+        "time_vs_grpo: the geometric mean of per-seed ratios (runs paired by seed) with their min and max; its "
+        "interval (`_lo`/`_hi`) is a t interval on the log ratios, given with >= 3 seeds.",
+        f"Bootstraps: {r.bootstrap_samples} replicates, seeded by report.bootstrap_seed {r.bootstrap_seed} and the "
+        "quantity's name.",
+    ]
+
+
+def _findings_notes(params: Params, findings: pd.DataFrame) -> list[str]:
+    counts = findings["verdict"].value_counts()
+    return [
+        "Verdicts are decided by the 95% interval only (the estimate never decides): see `rule`. Accuracy claims "
+        "read the difference a - b with a paired bootstrap over the same problems for both (and over seeds where "
+        "a configuration has several: seeds resampled, then problems); time claims read the ratio a / b of "
+        "training wall time over seeds (an interval needs >= 3 seeds per configuration: `make run PROFILE=seeds`).",
+        f"Equivalence margin (report.equivalence_margin): {params.report.equivalence_margin:g} accuracy.",
+        "Tally: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in ("reproduces", "does not", "inconclusive", "not run")) + ".",
+        "The paper's numbers are Qwen2.5 on MATH (docs/results.md); ours are what this profile ran.",
+    ]
+
+
+def selector_comparison(params: Params, results: RunResults) -> tuple[list[str], pd.DataFrame]:
+    """The selector runs (profiles/selectors.yaml's, and any other run with a selector) and their table,
+    with each accuracy's 95% interval (over problems; over seeds too where a run has several)."""
+    extra = [r for r in params.rl.runs if params.rl.run(r).selector != "none" and not config_of(r)[1]]  # seeds apart
+    runs = list(dict.fromkeys([*SELECTOR_RUNS, *extra]))
+    table = selector_table(results.rl_summary, results.rl_steps, results.evals, runs)
+    for benchmark in task_benchmarks(results, "math"):
+        intervals = [config_accuracy(results, run, benchmark) for run in runs]
+        table[f"accuracy_{benchmark}_lo"] = [i.lo if i else None for i in intervals]
+        table[f"accuracy_{benchmark}_hi"] = [i.hi if i else None for i in intervals]
+    return runs, table
+
+
 def main(params: Params) -> None:
     results = collect(params)
     compute = collect_compute(params)
@@ -100,8 +170,11 @@ def main(params: Params) -> None:
         "{samples_per_problem} sample(s) per problem, seed {seed}, dtype {dtype} (resolved per stage: see Compute).".format(**vars(gen)),
         *_grader_notes(params, {task_of(b) for b in params.evaluate.benchmarks}),
         "Times are wall-clock seconds of the training loop on the machine that ran the stage (see Compute).",
+        *_interval_notes(params),
         *compute_notes(compute),
     ]
+    findings = findings_table(results)
+    seeds = seeds_table(results)
     compute_md = to_markdown(compute_table(compute), "Compute: where and in which dtype each stage ran")
     with atomic_dir(paths.report_dir()) as tmp:
         (tmp / "results.md").write_text(to_markdown(table, "dashrl results", notes) + "\n" + compute_md.replace("# ", "## ", 1))
@@ -112,6 +185,22 @@ def main(params: Params) -> None:
             frame = paper_table(results, name)
             (tmp / f"{name}.md").write_text(to_markdown(frame, title, notes))
             frame.to_csv(tmp / f"{name}.csv", index=False)
+        (tmp / "findings.md").write_text(to_markdown(findings, "Findings: the paper's claims against these runs",
+                                                     _findings_notes(params, findings)))
+        findings.to_csv(tmp / "findings.csv", index=False)
+        seeds_note = [] if len(seeds) else ["No configuration has several seeds: `make run PROFILE=seeds` repeats DASH and GRPO."]
+        (tmp / "seeds.md").write_text(to_markdown(seeds, "Configurations over seeds", [*seeds_note, *_interval_notes(params)]))
+        seeds.to_csv(tmp / "seeds.csv", index=False)
+        selector_runs, selectors = selector_comparison(params, results)
+        (tmp / "selectors.md").write_text(to_markdown(selectors, "Sample selectors on one budget (docs/algorithm.md §6)",
+                                                      [*selector_notes(selectors), *_interval_notes(params)]))
+        selectors.to_csv(tmp / "selectors.csv", index=False)
+        plot_selectors(results.rl_summary, results.rl_steps, results.evals, tmp / "fig_selectors.png", dpi=dpi,
+                       runs=selector_runs)
+        write_json(tmp / "metrics.json", report_metrics(results, findings))
+        for relative, frame in curve_frames(results).items():
+            (tmp / "curves" / relative).parent.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(tmp / "curves" / relative, index=False)
         plot_accuracy(table, tmp / "accuracy.png", dpi=dpi)
         plot_accuracy_by_level(results.evals, tmp / "accuracy_by_level.png", dpi=dpi)
         plot_rl_curves(results.rl_steps, tmp / "rl_curves.png", dpi=dpi)

@@ -4,7 +4,10 @@ from a config in the test session (no downloads), plus a tiny pipeline workspace
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,42 @@ def workspace(tmp_path, monkeypatch, tiny_model_dir) -> Path:
     shutil.copytree(tiny_model_dir, tmp_path / "data" / "models" / "base")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# ------------------------------------------------------------------------------------------------
+# A tiny git + DVC repository of the real pipeline (tests/test_dvc_pipeline.py, test_dvc_experiments.py)
+
+
+def run_cmd(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> str:
+    """Run a command in ``cwd``; its stdout + stderr, or an AssertionError with both when it fails."""
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result.stdout + result.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    """The stages a ``dvc repro`` / ``dvc exp run`` output says it ran."""
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def make_dvc_repo(root: Path, raw_params: dict, model_dir: Path) -> tuple[Path, dict[str, str]]:
+    """The project's dvc.yaml and code with ``raw_params`` (the model from ``model_dir``), committed in a
+    fresh git + DVC repository at ``root``; returns (root, the environment to run git and dvc in)."""
+    for name in ("dvc.yaml", "pyproject.toml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    for package in ("dashrl", "stages"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    raw = {**raw_params, "model": {**raw_params["model"], "source": str(model_dir)}}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(root), "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    run_cmd(["git", "init", "-q"], root, env)
+    run_cmd([*DVC, "init", "-q"], root, env)
+    run_cmd(["git", "add", "-A"], root, env)
+    run_cmd(["git", "commit", "-qm", "tiny pipeline"], root, env)
+    return root, env

@@ -2,73 +2,60 @@
 
 Checks what DVC is for: a first `dvc repro` runs every stage; a second runs none; changing one
 RL run's key (rl.runs.dash.filter_threshold) reruns exactly that run, the evaluations of its
-model and the report.
+model and the report. A seeds profile gives one stage per run and seed.
 """
 
 from __future__ import annotations
 
-import os
-import re
+import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import tiny_params_dict
+from dashrl.profiles import apply_profile
+from tests.conftest import DVC, REPO, make_dvc_repo, run_cmd, stages_run, tiny_params_dict
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result.stdout + result.stderr
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
 @pytest.fixture
-def dvc_repo(tmp_path, tiny_model_dir) -> tuple[Path, dict[str, str]]:
-    for name in ("dvc.yaml", "pyproject.toml"):
-        shutil.copy(REPO / name, tmp_path / name)
-    for package in ("dashrl", "stages"):
-        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+def dvc_repo(tmp_path, tiny_model_dir):
     raw = tiny_params_dict()
-    raw["model"]["source"] = str(tiny_model_dir)
     raw["evaluate"]["models"] = ["base", "sft_h", "dash", "grpo"]
     raw["evaluate"]["pass_k"]["models"] = ["base", "dash"]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(tmp_path), "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    run(["git", "init", "-q"], tmp_path, env)
-    run([sys.executable, "-m", "dvc", "init", "-q"], tmp_path, env)
-    run(["git", "add", "-A"], tmp_path, env)
-    run(["git", "commit", "-qm", "tiny pipeline"], tmp_path, env)
-    return tmp_path, env
+    return make_dvc_repo(tmp_path, raw, tiny_model_dir)
 
 
 def test_changing_one_rl_run_reruns_only_that_run_its_evaluations_and_the_report(dvc_repo):
     repo, env = dvc_repo
-    dvc = [sys.executable, "-m", "dvc"]
-    first = stages_run(run([*dvc, "repro"], repo, env))
+    first = stages_run(run_cmd([*DVC, "repro"], repo, env))
     assert first == {
         "prepare@arith", "model", "sft@sft_h", "rl@dash", "rl@grpo", "evaluate@base-arith", "evaluate@sft_h-arith",
         "evaluate@dash-arith", "evaluate@grpo-arith", "passk@base-arith", "passk@dash-arith", "report",
     }
-    for table in ("table1", "table3", "table5", "table6"):
+    for table in ("table1", "table3", "table5", "table6", "findings", "seeds"):
         assert (repo / f"data/report/{table}.md").is_file() and (repo / f"data/report/{table}.csv").is_file()
-    assert stages_run(run([*dvc, "repro"], repo, env)) == set()
+    assert stages_run(run_cmd([*DVC, "repro"], repo, env)) == set()
+    # The report's metrics and plots are DVC's: every run's curve, read without errors.
+    assert "data/report/metrics.json" in run_cmd([*DVC, "metrics", "show"], repo, env)
+    plots = json.loads(run_cmd([*DVC, "plots", "show", "--json"], repo, env))
+    assert not plots.get("errors")
+    assert {f"data/report/curves/{c}" for c in ("rl/dash.csv", "rl/grpo.csv", "sft/sft_h.csv")} <= set(plots["data"])
 
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["rl"]["runs"]["dash"]["filter_threshold"] = 0.3
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    assert stages_run(run([*dvc, "repro"], repo, env)) == {"rl@dash", "evaluate@dash-arith", "passk@dash-arith", "report"}
+    assert stages_run(run_cmd([*DVC, "repro"], repo, env)) == {"rl@dash", "evaluate@dash-arith", "passk@dash-arith", "report"}
     assert "filter_threshold: 0.3" in (repo / "dvc.lock").read_text()
+
+
+def test_the_seeds_profile_gives_one_stage_per_run_and_seed(dvc_repo):
+    repo, env = dvc_repo
+    apply_profile(repo / "params.yaml", [REPO / "profiles/seeds.yaml"])
+    stages = set(run_cmd([*DVC, "stage", "list", "--name-only"], repo, env).split())
+    seeded = {f"{kind}@{run}-s{seed}{suffix}" for run in ("dash", "grpo") for seed in (1, 2)
+              for kind, suffix in (("rl", ""), ("evaluate", "-arith"))}
+    assert seeded | {"passk@dash-s1-arith", "passk@dash-s2-arith"} <= stages
+    assert "passk@grpo-s1-arith" not in stages  # grpo is not in evaluate.pass_k.models
+    assert "rl@dash-s1" in run_cmd([*DVC, "status", "rl@dash-s1"], repo, env)  # DVC reads its params: a new stage, never run

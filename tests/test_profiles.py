@@ -68,7 +68,8 @@ def test_a_bad_profile_fails_before_writing_and_names_the_key(repo_copy):
     (repo_copy / "profiles/bad.yaml").write_text(yaml.safe_dump({"rl": {"common": {"filter_treshold": 0.2}}}))
     with pytest.raises(ParamsError, match="rl.common.filter_treshold: unknown key"):
         apply_profile(repo_copy / "params.yaml", [repo_copy / "profiles/bad.yaml"])
-    with pytest.raises(ParamsError, match=r"profiles/nope.yaml: no such profile \(profiles: bad, code, code_paper, full, paper\)"):
+    known = ", ".join(sorted(p.stem for p in (repo_copy / "profiles").glob("*.yaml")))  # bad, code, ..., seeds
+    with pytest.raises(ParamsError, match=rf"profiles/nope.yaml: no such profile \(profiles: {known}\)"):
         apply_profile(repo_copy / "params.yaml", [repo_copy / "profiles/nope.yaml"])
     # Alone, the paper profile adds runs without init_from: caught, nothing written.
     with pytest.raises(ParamsError, match="rl.runs.ppo_multi.init_from: missing key"):
@@ -85,3 +86,51 @@ def test_cli_dry_run_prints_and_writes_nothing(repo_copy, capsys, monkeypatch):
     assert (repo_copy / "params.yaml").read_text() == before
     assert main(["--set", "rl.common.nosuchsection.x=1"]) == 2
     assert "nosuchsection" in capsys.readouterr().err
+
+
+def test_seeds_profile_repeats_dash_and_grpo_as_explicit_runs(repo_copy):
+    apply_profile(repo_copy / "params.yaml", [repo_copy / "profiles/seeds.yaml"])
+    text = (repo_copy / "params.yaml").read_text()
+    assert "repeat" not in yaml.safe_load(text)  # read by dashrl.profiles, never written
+    params = load_params(repo_copy / "params.yaml")
+    assert list(params.rl.runs) == ["dash", "dash-s1", "dash-s2", "grpo", "grpo-s1", "grpo-s2"]
+    assert params.evaluate.models == ["base", "sft_h", "dash", "dash-s1", "dash-s2", "grpo", "grpo-s1", "grpo-s2"]
+    assert params.evaluate.pass_k.models == ["base", "dash", "dash-s1", "dash-s2"]  # grpo is not there: its copies neither
+    dash, dash_s2, grpo_s1 = params.rl.run("dash"), params.rl.run("dash-s2"), params.rl.run("grpo-s1")
+    assert (dash.seed, dash_s2.seed, grpo_s1.seed) == (0, 2, 1)
+    assert grpo_s1.sampling == "per_micro_batch" and grpo_s1.filter_threshold == 0.0
+    assert {**vars(dash_s2), "seed": 0} == vars(dash)  # the run itself, but for its seed
+    assert "dash-s1:                     # dash with seed 1 (repeat in seeds.yaml)" in text
+    # Applying it again rewrites the same copies: nothing changes.
+    apply_profile(repo_copy / "params.yaml", [repo_copy / "profiles/seeds.yaml"])
+    assert (repo_copy / "params.yaml").read_text() == text
+
+
+def test_seeds_after_full_and_an_sft_run(repo_copy):
+    (repo_copy / "profiles/more.yaml").write_text(yaml.safe_dump({"repeat": {"runs": ["sft_h", "no_kl"], "seeds": [3]}}))
+    apply_profile(repo_copy / "params.yaml", [repo_copy / "profiles/full.yaml", repo_copy / "profiles/more.yaml"],
+                  ["rl.common.lr=1.0e-4"])
+    params = load_params(repo_copy / "params.yaml")
+    assert params.sft.run("sft_h-s3").seed == 3 and params.sft.run("sft_h-s3").source == "reference"
+    assert params.rl.run("no_kl-s3").kl_coef == 0 and params.rl.run("no_kl-s3").lr == 1e-4
+    assert params.evaluate.models.index("sft_h-s3") == params.evaluate.models.index("sft_h") + 1
+    assert "sft_h-s3" in params.evaluate.pass_k.models and "no_kl-s3" in params.evaluate.pass_k.models
+
+
+@pytest.mark.parametrize(("repeat", "message"), [
+    ({"runs": ["dahs"], "seeds": [1]}, r"bad.yaml: repeat.runs: 'dahs': no such run in rl.runs or sft.runs \(runs: dash, grpo, sft_h\)"),
+    ({"runs": ["dash"], "seeds": [1, 2, 1]}, r"bad.yaml: repeat.seeds: 1: listed twice"),
+    ({"runs": ["dash"], "seeds": [0]}, r"bad.yaml: repeat.seeds: 0: is rl.runs.dash's own seed"),
+    ({"runs": ["dash", "dash"], "seeds": [1]}, r"bad.yaml: repeat.runs: 'dash': listed twice"),
+    ({"runs": ["dash-s1"], "seeds": [2]}, r"bad.yaml: repeat.runs: 'dash-s1': is a seeded copy"),
+    ({"runs": ["dash"], "seeds": [-1]}, r"bad.yaml: repeat.seeds\[0\]: expected an integer >= 0, got -1"),
+    ({"runs": ["dash"], "seeds": []}, r"bad.yaml: repeat.seeds: expected a non-empty list, got \[\]"),
+    ({"runs": ["dash"], "seeds": [1], "seed": 2}, r"bad.yaml: repeat.seed: unknown key \(valid: runs, seeds\)"),
+    ([1, 2], r"bad.yaml: repeat: expected a mapping with runs and seeds"),
+])
+def test_a_bad_repeat_fails_before_writing_and_names_file_key_and_value(repo_copy, repeat, message):
+    before = (repo_copy / "params.yaml").read_text()
+    (repo_copy / "profiles/bad.yaml").write_text(yaml.safe_dump({"repeat": repeat}))
+    with pytest.raises(ParamsError, match=message):
+        apply_profile(repo_copy / "params.yaml", [repo_copy / "profiles/bad.yaml"])
+    assert (repo_copy / "params.yaml").read_text() == before

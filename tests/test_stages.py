@@ -63,6 +63,11 @@ def test_prepare_evaluate_report_end_to_end(workspace):
     table = pd.read_csv(report / "results.csv")
     assert table[["model", "benchmark"]].values.tolist() == [["base", "arith"]]
     assert table["accuracy"].iloc[0] == pytest.approx(metrics["accuracy"])
+    assert table["accuracy_lo"].iloc[0] <= table["accuracy"].iloc[0] <= table["accuracy_hi"].iloc[0]  # Wilson, 12 problems
+    assert table1["accuracy_arith_lo"].iloc[0] == pytest.approx(table["accuracy_lo"].iloc[0])
+    findings = pd.read_csv(report / "findings.csv")
+    assert set(findings["verdict"]) == {"not run"} and "not run: dash, grpo" in findings["method"].tolist()
+    assert json.loads((report / "metrics.json").read_text())["accuracy"]["base"]["arith"]["seeds"] == 1
     md = (report / "results.md").read_text()
     assert "| base | arith | 12 |" in md and "require_box=False" in md
     for png in ("accuracy.png", "accuracy_by_level.png", "fig1_time_split.png", "fig3_filtering.png",
@@ -121,9 +126,26 @@ def test_sft_rl_evaluate_report_matrix_end_to_end(workspace):
     assert table1["status"].to_dict() == {"base": "ok", "sft_h": "ok", "sft_m": "not run", "dash": "ok"}
     sft_accuracy = json.loads((workspace / "data/eval/sft_h/arith/metrics.json").read_text())["accuracy"]
     assert table1.loc["sft_h", "accuracy_arith"] == pytest.approx(sft_accuracy)
+    assert table3.loc["dash", "seeds"] == 1 and table3.loc["dash", "time_vs_grpo_min"] == pytest.approx(table3.loc["dash", "time_vs_grpo"])
+    assert pd.isna(table3.loc["dash", "time_vs_grpo_lo"])  # one seed: no interval
+    findings = pd.read_csv(report / "findings.csv").set_index("id")
+    assert findings.loc["dash_matches_grpo", "benchmark"] == "arith" and findings.loc["dash_matches_grpo", "seeds"] == "1 vs 1"
+    assert findings.loc["dash_matches_grpo", "lo"] <= findings.loc["dash_matches_grpo", "estimate"] <= findings.loc["dash_matches_grpo", "hi"]
+    assert findings.loc["dash_faster_than_grpo", "verdict"] == "inconclusive"  # a time interval needs 3 seeds
+    assert findings.loc["no_kl_faster", "verdict"] == "not run"
+    curve = pd.read_csv(report / "curves/rl/dash.csv")
+    assert curve["step"].tolist() == [0, 1] and "reward_mean" in curve and (report / "curves/sft/sft_h.csv").is_file()
     table6 = pd.read_csv(report / "table6.csv").set_index("config")
     assert table6.loc["dash", "train_completion_tokens_last_steps"] == pytest.approx(dash["completion_tokens_last_steps"])
     assert "Table 5" in (report / "table5.md").read_text()
+    selectors = pd.read_csv(report / "selectors.csv").set_index("run")
+    assert selectors.loc["dapo", "status"] == "not run" and selectors.loc["dash", "status"] == "ok"
+    dash_steps = [json.loads(line) for line in (workspace / "data/rl/dash/metrics.jsonl").read_text().splitlines()]
+    assert selectors.loc["dash", "samples_generated"] == sum(m["samples_generated"] for m in dash_steps)
+    assert selectors.loc["dash", "accuracy_arith"] == pytest.approx(
+        json.loads((workspace / "data/eval/dash/arith/metrics.json").read_text())["accuracy"])
+    assert selectors.loc["dash", "accuracy_arith_lo"] <= selectors.loc["dash", "accuracy_arith"] <= selectors.loc["dash", "accuracy_arith_hi"]
+    assert (report / "fig_selectors.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_evaluate_is_reproducible_with_its_seed(workspace):
