@@ -34,9 +34,9 @@ from dashrl.reporting import (
     PAPER_TABLES,
     RunResults,
     StatsSettings,
+    accuracy_interval,
     compute_notes,
     compute_table,
-    config_accuracy,
     config_of,
     curve_frames,
     findings_table,
@@ -147,13 +147,15 @@ def _findings_notes(params: Params, findings: pd.DataFrame) -> list[str]:
 
 
 def selector_comparison(params: Params, results: RunResults) -> tuple[list[str], pd.DataFrame]:
-    """The selector runs (profiles/selectors.yaml's, and any other run with a selector) and their table,
-    with each accuracy's 95% interval (over problems; over seeds too where a run has several)."""
+    """The selector runs (profiles/selectors.yaml's, and any other run with a selector) and their table:
+    one row per run (seed copies ``X-s1`` apart: the row is the run itself, as its time and sample
+    counts are), each accuracy with its 95% Wilson interval over the problems."""
     extra = [r for r in params.rl.runs if params.rl.run(r).selector != "none" and not config_of(r)[1]]  # seeds apart
     runs = list(dict.fromkeys([*SELECTOR_RUNS, *extra]))
     table = selector_table(results.rl_summary, results.rl_steps, results.evals, runs)
     for benchmark in task_benchmarks(results, "math"):
-        intervals = [config_accuracy(results, run, benchmark) for run in runs]
+        intervals = [accuracy_interval(results.evals[(run, benchmark)]) if (run, benchmark) in results.evals else None
+                     for run in runs]
         table[f"accuracy_{benchmark}_lo"] = [i.lo if i else None for i in intervals]
         table[f"accuracy_{benchmark}_hi"] = [i.hi if i else None for i in intervals]
     return runs, table
