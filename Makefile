@@ -3,6 +3,7 @@
 #              make run PROFILE=full         the paper's whole matrix on the embedded default
 #              make run PROFILE="full paper" the paper's setting (GPU, vLLM, Qwen2.5): see README
 #   make test  create .venv if missing, run the test suite
+#   make test-gpu   the opt-in CUDA tests (tests/test_gpu.py; skipped without a GPU)
 #   make test-vllm  create .venv-vllm (vLLM's CPU build) if missing, run the opt-in vLLM engine tests
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -17,7 +18,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-vllm lint bench bench-trl lock clean-venv
+.PHONY: run test test-gpu test-vllm lint bench bench-trl lock clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +61,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# On a machine with an NVIDIA GPU (pip installs the CUDA torch there): the CUDA path against the CPU's numbers.
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -m gpu tests/test_gpu.py -v -rs
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.rl_speed

@@ -36,7 +36,9 @@ TIMEOUT_S = 150  # a hung collective must not hang the suite
 
 def torchrun(args: list[str], cwd: Path, nproc: int = 2) -> str:
     """``torchrun --standalone`` (rendezvous on a free local port) with a hard timeout; returns the log."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1"}
+    # CPU processes (gloo) also on a machine with GPUs: these tests check the CPU data-parallel path.
+    python_path = [str(REPO), str(REPO / "tests"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
@@ -174,6 +176,7 @@ def test_batch_geometry_that_cannot_be_split_is_refused_with_param_and_value():
 def test_without_torchrun_there_is_one_process_and_no_communication(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU case (tests/test_gpu.py: the GPU one)
     assert init_from_env() is SINGLE
     assert (SINGLE.rank, SINGLE.size, SINGLE.is_main, SINGLE.shard(8)) == (0, 1, True, range(0, 8))
     items, counts, values = [1, 2], StepCounts(3, 10, 8), {"a": 1.5}

@@ -58,7 +58,8 @@ def test_auto_with_vllm_but_no_gpu_picks_hf(tiny_model_dir, monkeypatch, caplog)
     assert "engine: auto -> hf" in caplog.text
 
 
-def test_several_hf_engines_share_the_batch(tiny_model_dir, no_vllm, caplog):
+def test_several_hf_engines_share_the_batch(tiny_model_dir, no_vllm, caplog, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # CPU engines (GPU placement: below)
     policy, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     with caplog.at_level(logging.INFO, logger="dashrl.engines"):
         engine = make_engine(run_cfg(engine="hf", rollout_dtype="float32", rollout_engines=2), policy, tokenizer)
@@ -73,6 +74,7 @@ def test_several_hf_engines_share_the_batch(tiny_model_dir, no_vllm, caplog):
 
 
 def test_rollout_gpus_layout_and_too_few_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # first the indices alone, no GPU count check
     cfg = run_cfg(rollout_engines=3)
     assert rollout_gpus(run_cfg(rollout_engines=1), World()) == []
     assert rollout_gpus(cfg, World()) == [1, 2]  # one trainer on GPU 0 with engine 0, engines 1-2 on GPUs 1-2
@@ -96,6 +98,8 @@ def test_several_vllm_engines_pinned_ones_first(tiny_model_dir, monkeypatch):
         return RecordingVLLM(device_ids)
 
     monkeypatch.setattr(dashrl.engines, "_make_vllm_engine", fake_vllm_engine)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     policy, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     engine = make_engine(run_cfg(engine="vllm", rollout_engines=3), policy, tokenizer)
     assert built == [[1], [2], None]

@@ -363,9 +363,11 @@ def test_every_parameter_changes_after_one_step(tiny_model_dir, tokenizer, probl
 
 
 @pytest.mark.parametrize("sampling", ["preemptive", "per_micro_batch"])
-def test_a_step_over_two_engines_samples_every_group_and_syncs_both(tiny_model_dir, tokenizer, problems, scripted_rewards, sampling):
+def test_a_step_over_two_engines_samples_every_group_and_syncs_both(tiny_model_dir, tokenizer, problems, scripted_rewards,
+                                                                   sampling, monkeypatch):
     """rollout_engines 2: each engine call is split over two HF engines (engine 0 shares the policy,
     engine 1 holds a copy); after the step both hold the updated weights."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # both engines on the CPU, also on a GPU machine
     cfg = make_cfg(sampling=sampling, rollout_engines=2, micro_batch_size=8)  # per_micro_batch: 2 prompts a call
     run = build_run(cfg, tiny_model_dir, tokenizer, problems)
     first, second = run.engine.engines
