@@ -13,18 +13,11 @@ import dataclasses
 import json
 
 import pytest
+import test_rl
 import torch
 import yaml
-from test_rl import (
-    GradRecorder,
-    build_run,
-    make_cfg,
-    sample_step,
-    scripted_grade_batch,
-    step_gradient,
-)
+from test_rl import GradRecorder, build_run, make_cfg, sample_step, step_gradient
 
-import dashrl.rl
 from dashrl.distributed import init_from_env
 from dashrl.engines import make_engine
 from dashrl.hardware import compute_record, resolve_dtype
@@ -38,24 +31,10 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 CUDA = torch.device("cuda", 0)
 
-
-@pytest.fixture
-def scripted_rewards(monkeypatch):
-    monkeypatch.setattr(dashrl.rl, "grade_completions", scripted_grade_batch)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    from dashrl.models import load_tokenizer
-
-    return load_tokenizer(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def problems():
-    from dashrl.arith import generate_arith
-
-    return generate_arith(16, 0, [1], seed=0)[0]
+# tests/test_rl.py's fixtures, by name (its one_thread is left out: the GPU tests use the machine's threads)
+problems = test_rl.problems
+tokenizer = test_rl.tokenizer
+scripted_rewards = test_rl.scripted_rewards
 
 
 @pytest.fixture(autouse=True)
