@@ -9,14 +9,21 @@ ordinary model directory and a run record naming the GPU. Without CUDA every tes
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 import test_rl
 import torch
 import yaml
-from test_rl import GradRecorder, build_run, make_cfg, sample_step, step_gradient
+from test_rl import (
+    GradRecorder,
+    build_run,
+    fp32_and_bf16_step,
+    make_cfg,
+    perturbed_reference,
+    sample_step,
+    step_gradient,
+)
 
 from dashrl.distributed import init_from_env
 from dashrl.engines import make_engine
@@ -96,10 +103,7 @@ def test_fp32_step_gradient_on_the_gpu_equals_the_cpus(tiny_model_dir, tokenizer
     """Steps 5-6 (loss, KL to the reference, backward over micro-batches, normalisation) on both devices."""
     cfg = make_cfg(packing=packing, grad_clip=0.0, kl_coef=0.1, kl_reference="init")
     run = build_run(cfg, tiny_model_dir, tokenizer, problems, record_grads=True)
-    run.reference = load_model(tiny_model_dir).eval().requires_grad_(False)
-    with torch.no_grad():
-        for p in run.reference.parameters():  # a reference the policy differs from: a non-zero KL gradient
-            p.add_(0.05 * torch.randn_like(p))
+    run.reference = perturbed_reference(tiny_model_dir, 0.05)  # differs from the policy: a non-zero KL gradient
     samples = sample_step(run)
     loss_cpu, grads_cpu = step_gradient(run, samples, micro_batch_size=4)
     loss_gpu, grads_gpu = step_gradient(on_gpu(run), samples, micro_batch_size=4)
@@ -165,14 +169,7 @@ def test_the_rl_and_evaluate_stages_on_the_gpu_record_it_and_save_a_cpu_loadable
 
 
 def test_bf16_autocast_gradient_on_the_gpu_is_close_to_fp32(tiny_model_dir, tokenizer, problems, scripted_rewards):
-    cfg = make_cfg(grad_clip=0.0)
-    run = on_gpu(build_run(cfg, tiny_model_dir, tokenizer, problems, record_grads=True))
-    samples = sample_step(run)
-    results = {}
-    for dtype in ("float32", "bfloat16"):
-        run.cfg = dataclasses.replace(cfg, train_dtype=dtype)
-        results[dtype] = step_gradient(run, samples, micro_batch_size=4)
-    (loss_32, grads_32), (loss_16, grads_16) = results["float32"], results["bfloat16"]
+    run = on_gpu(build_run(make_cfg(grad_clip=0.0), tiny_model_dir, tokenizer, problems, record_grads=True))
+    loss_32, flat_32, loss_16, flat_16 = fp32_and_bf16_step(run)
     assert loss_16 == pytest.approx(loss_32, rel=0.01)
-    flat_32, flat_16 = torch.cat([g.flatten() for g in grads_32]), torch.cat([g.flatten() for g in grads_16])
     assert float(torch.nn.functional.cosine_similarity(flat_32, flat_16, dim=0)) > 0.995

@@ -632,20 +632,27 @@ def test_kl_metric_and_finite_loss_with_top_k_and_padding(tiny_model_dir, tokeni
     assert all(torch.isfinite(p).all() and not torch.equal(p, before[name]) for name, p in run.policy.named_parameters())
 
 
+def fp32_and_bf16_step(run: RLRun) -> tuple[float, torch.Tensor, float, torch.Tensor]:
+    """One sampled step's loss and flattened gradient with train_dtype float32, then bfloat16
+    (autocast over the fp32 master weights), on the same samples and the run's device:
+    (loss fp32, gradient fp32, loss bf16, gradient bf16)."""
+    cfg, samples = run.cfg, sample_step(run)
+    results = []
+    for dtype in ("float32", "bfloat16"):
+        run.cfg = dataclasses.replace(cfg, train_dtype=dtype)
+        loss, grads = step_gradient(run, samples, micro_batch_size=4)
+        results += [loss, torch.cat([g.flatten() for g in grads])]
+    return tuple(results)
+
+
 def test_float32_and_bfloat16_train_paths_give_close_gradients(tiny_model_dir, tokenizer, problems, scripted_rewards):
     """train_dtype float32 and bfloat16 (autocast, fp32 master weights) on the same batch, KL on."""
     cfg = make_cfg(grad_clip=0.0, kl_coef=0.1, kl_reference="init", top_k=5)
     run = build_run(cfg, tiny_model_dir, tokenizer, problems, record_grads=True)
     run.reference = perturbed_reference(tiny_model_dir, 0.05)
-    samples = sample_step(run)
-    results = {}
-    for dtype in ("float32", "bfloat16"):
-        run.cfg = dataclasses.replace(cfg, train_dtype=dtype)
-        results[dtype] = step_gradient(run, samples, micro_batch_size=4)
-    (loss_32, grads_32), (loss_16, grads_16) = results["float32"], results["bfloat16"]
-    assert all(torch.isfinite(g).all() for g in grads_16) and torch.isfinite(torch.tensor(loss_16))
+    loss_32, flat_32, loss_16, flat_16 = fp32_and_bf16_step(run)
+    assert torch.isfinite(flat_16).all() and torch.isfinite(torch.tensor(loss_16))
     assert loss_16 == pytest.approx(loss_32, rel=0.01)
-    flat_32, flat_16 = torch.cat([g.flatten() for g in grads_32]), torch.cat([g.flatten() for g in grads_16])
     assert float(torch.nn.functional.cosine_similarity(flat_32, flat_16, dim=0)) > 0.995
     assert float((flat_16 - flat_32).norm() / flat_32.norm()) < 0.05
 
