@@ -67,7 +67,7 @@ def main() -> None:
     from transformers.cache_utils import Cache
 
     from dashrl.batching import get_packing
-    from dashrl.hardware import compute_record, resolve_dtype
+    from dashrl.infra.hardware import compute_record, resolve_dtype
     from dashrl.losses import batch_logprobs
     from dashrl.models import load_model
     from dashrl.rollout import PreallocatedLayer

@@ -11,7 +11,7 @@ problems in both), with the same reward (``dashrl.rewards.grade_batch``: math-ve
 geometry (8 prompts x G = 8 completions per optimizer step, micro-batches of 8, 128 new tokens,
 temperature / top_p from the run) and the same objective (dr_grpo aggregation, beta from the run,
 group-scaled advantages, lr, grad clip, AdamW), in the same dtype: ``auto`` resolves as the
-pipeline does (``dashrl.hardware``); ``bfloat16`` is TRL's ``bf16=True`` (autocast over fp32
+pipeline does (``dashrl.infra.hardware``); ``bfloat16`` is TRL's ``bf16=True`` (autocast over fp32
 weights, as dashrl's ``train_dtype``).
 
 What differs is each framework's own machinery. TRL (``GRPOTrainer`` with its defaults for what is
@@ -222,7 +222,7 @@ def main() -> None:
 
     import torch
 
-    from dashrl.hardware import compute_record, matmul_flops_per_s, resolve_dtype
+    from dashrl.infra.hardware import compute_record, matmul_flops_per_s, resolve_dtype
 
     dtype = resolve_dtype(args.dtype, "cpu")
     ctx = mp.get_context("spawn")

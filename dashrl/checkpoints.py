@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from dashrl.io import atomic_dir
-from dashrl.models import file_sha256
+from dashrl.infra.files import atomic_dir, file_sha256
 from dashrl.params import GraderParams, PromptParams, RLRunParams
 
 if TYPE_CHECKING:

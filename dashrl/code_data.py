@@ -78,12 +78,12 @@ from dashrl.data import (
     read_problems,
     register_loader,
 )
+from dashrl.infra.seeds import MBPPPLUS_SPLIT_SEED
 
 # EvalPlus MBPP+ on the Hub; the release has one split, "test". Not in dashrl.data.HUB_IDS, which
 # names the math benchmarks; pass a local copy of the release as `path` to read a mirror.
 MBPPPLUS_HUB_ID = "evalplus/mbppplus"
 MBPPPLUS_HUB_SPLIT = "test"
-MBPPPLUS_SPLIT_SEED = 42
 MBPPPLUS_TRAIN_FRACTION = 0.7
 
 _SPEC_KEYS = ("entry_point", "prefix", "tests")

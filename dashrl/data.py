@@ -49,7 +49,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dashrl.io import atomic_file
+from dashrl.infra.files import atomic_file
+from dashrl.infra.seeds import rng
 
 COLUMNS = ("id", "prompt", "answer", "solution", "source", "level")
 _TEXT_COLUMNS = ("id", "prompt", "answer", "solution", "source")
@@ -475,7 +476,7 @@ def generate_split_by_levels(
         return frame([], [], "train"), frame([], [], "test")
 
     # One stream per level; test problems first, so that n_train never changes the test set.
-    streams = {level: np.random.default_rng([seed, level]) for level in levels}
+    streams = {level: rng(seed, level) for level in levels}
     seen: set[str] = set()
     frames = []
     for split_number, (split, n) in enumerate((("test", n_test), ("train", n_train))):
@@ -485,7 +486,7 @@ def generate_split_by_levels(
             problems += _draw_unique(level, share, streams[level], seen, draw, text, what)
             problem_levels += [level] * share
         # Level 0 has no stream: [seed, 0, split_number] is the shuffle's own.
-        order = np.random.default_rng([seed, 0, split_number]).permutation(len(problems))
+        order = rng(seed, 0, split_number).permutation(len(problems))
         frames.append(frame([problems[i] for i in order], [problem_levels[i] for i in order], split))
     test, train = frames
     return train, test

@@ -14,7 +14,7 @@ import logging
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dashrl.distributed import SINGLE, World
+from dashrl.infra.distributed import SINGLE, World
 from dashrl.params import RLRunParams
 from dashrl.rollout import HFEngine, RolloutEngine, ShardedEngine
 

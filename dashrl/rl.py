@@ -22,7 +22,7 @@ One rollout step, in the paper's order (docs/algorithm.md §2-3), and in this fi
   7) sync        the engine's copy of the weights.
   8) observe     the selector learns from the step (greso: each prompt's zero-variance history).
 
-Data parallel (``torchrun``, ``dashrl.distributed``): W processes each hold the whole model. Each
+Data parallel (``torchrun``, ``dashrl.infra.distributed``): W processes each hold the whole model. Each
 samples and scores its own contiguous share of the step's P prompts (whole groups), back-propagates
 its own kept samples, and before every optimizer step the processes sum their gradients and step
 counts: every process divides the same summed gradient by the normaliser of the WHOLE step and
@@ -55,7 +55,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +67,10 @@ from dashrl.advantages import group_advantages, keep_mask, zero_variance_fractio
 from dashrl.batching import PackedBatch, TreeBatch, get_packing
 from dashrl.checkpoints import latest_checkpoint, restore_checkpoint, run_fingerprint, save_checkpoint
 from dashrl.data import task_of
-from dashrl.distributed import SINGLE, World
 from dashrl.grading import grade_completions
+from dashrl.infra.distributed import SINGLE, World
+from dashrl.infra.progress import progress
+from dashrl.infra.seeds import derive_seed
 from dashrl.losses import (
     StepCounts,
     batch_logprobs,
@@ -77,9 +79,8 @@ from dashrl.losses import (
 )
 from dashrl.models import render_prompt
 from dashrl.params import GraderParams, PromptParams, RLRunParams
-from dashrl.progress import progress
 from dashrl.rl_run import RLRun, build_run, resolve_dtypes
-from dashrl.rollout import Completion, SamplingConfig, derive_seed
+from dashrl.rollout import Completion, SamplingConfig
 from dashrl.run_log import record_step, start_work_dir
 from dashrl.selectors import Group
 from dashrl.step_metrics import PhaseTimer, gather_step, rollout_frame, step_metrics
@@ -410,7 +411,7 @@ def optimizer_step(run: RLRun, counts: StepCounts, stats: dict[str, float]) -> N
     """
     params = [p for p in run.policy.parameters() if p.requires_grad]
     run.world.sum_gradients(params)  # None stays None only where no process has a gradient
-    counts = run.world.sum_counts(counts)
+    counts = replace(counts, **run.world.sum_counts({"sequences": counts.sequences, "tokens": counts.tokens}))
     normaliser = run.aggregation.normaliser(counts)
     stats["loss"] += stats.pop("loss_sum", 0.0) / max(normaliser, 1)
     stats["updates"] += 1

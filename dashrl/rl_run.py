@@ -3,8 +3,8 @@ frozen reference, the optimizer and its schedule, the rollout engine, the sample
 
 ``dashrl.rl`` is the algorithm (one step, and the loop over steps); everything it touches is the
 ``RLRun`` built here, passed explicitly. ``build_run`` is where a run's configuration turns into
-objects: dtypes resolved for the device (``dashrl.hardware``), the processes checked
-(``dashrl.distributed``), the engine chosen (``dashrl.engines``).
+objects: dtypes resolved for the device (``dashrl.infra.hardware``), the processes checked
+(``dashrl.infra.distributed``), the engine chosen (``dashrl.engines``).
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dashrl.distributed import SINGLE, World
 from dashrl.engines import make_engine
-from dashrl.hardware import resolve_dtype
+from dashrl.infra.distributed import SINGLE, World
+from dashrl.infra.hardware import resolve_dtype
+from dashrl.infra.seeds import PROMPT_ORDER_SALT, derive_seed
 from dashrl.losses import LossAggregation, get_loss_agg
 from dashrl.models import load_model
 from dashrl.params import GraderParams, PromptParams, RLRunParams
-from dashrl.rollout import RolloutEngine, derive_seed
+from dashrl.rollout import RolloutEngine
 from dashrl.selectors import Selector, get_selector
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class PromptSchedule:
         self.seed = seed
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng(derive_seed(self.seed, 1_000_003, epoch)).permutation(len(self.problems))
+        return np.random.default_rng(derive_seed(self.seed, PROMPT_ORDER_SALT, epoch)).permutation(len(self.problems))
 
     def batch(self, step: int) -> pd.DataFrame:
         n = len(self.problems)
@@ -161,7 +162,7 @@ def lr_lambda(cfg: RLRunParams, total_optimizer_steps: int):
 
 
 def resolve_dtypes(cfg: RLRunParams, device: torch.device | str) -> RLRunParams:
-    """``train_dtype`` / ``rollout_dtype`` ``auto`` resolved for ``device`` (``dashrl.hardware``)."""
+    """``train_dtype`` / ``rollout_dtype`` ``auto`` resolved for ``device`` (``dashrl.infra.hardware``)."""
     return dataclasses.replace(cfg, train_dtype=resolve_dtype(cfg.train_dtype, device),
                                rollout_dtype=resolve_dtype(cfg.rollout_dtype, device))
 

@@ -30,12 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
 
-from dashrl.progress import progress
+from dashrl.infra.progress import progress
+from dashrl.infra.seeds import derive_seed
 from dashrl.sampling import sample_tokens
 
 log = logging.getLogger(__name__)
@@ -402,8 +402,3 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list
     configured = getattr(model.generation_config, "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured])
     return sorted(i for i in ids if i is not None)
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, step, index, ...), stable across runs and platforms."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)

@@ -2,7 +2,7 @@
 
 Rank 0 appends one metrics line and one rollout file per step (``record_step``); a resumed run
 first drops what was logged after its checkpoint (``start_work_dir``), so the log always matches
-the weights; ``read_metrics`` reads it back for the stages. The RL loop (``dashrl.rl``) computes a
+the weights (``dashrl.infra.files.read_jsonl`` reads it back). The RL loop (``dashrl.rl``) computes a
 step; this module only writes it down.
 """
 
@@ -12,9 +12,9 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from dashrl.io import atomic_file
+from dashrl.infra.files import atomic_file
 
 if TYPE_CHECKING:
     from dashrl.rl import StepOutput
@@ -55,8 +55,3 @@ def truncate_logs(work_dir: Path, start_step: int) -> None:
         lines = [line for line in metrics_file.read_text().splitlines() if line and json.loads(line)["step"] < start_step]
         with atomic_file(metrics_file) as tmp:
             tmp.write_text("".join(line + "\n" for line in lines))
-
-
-def read_metrics(work_dir: Path) -> list[dict[str, Any]]:
-    path = work_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []

@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dashrl.infra.seeds import DAPO_STREAM_SALT, GRESO_EXPLORE_SALT, GRESO_STREAM_SALT, rng
+
 if TYPE_CHECKING:
     from dashrl.params import RLRunParams
 
@@ -43,12 +45,6 @@ if TYPE_CHECKING:
 # it: it imports no other project module, and sees an RL run, a completion, a grade and a sample
 # only through the attributes it reads (the Protocols below; dashrl.rl_run.RLRun, dashrl.rollout.
 # Completion, dashrl.rewards.Grade and dashrl.rl.Sample have them).
-
-# Salts of the selectors' random streams (the prompt schedule uses 1_000_003).
-DAPO_STREAM_SALT = 1_000_033
-GRESO_STREAM_SALT = 1_000_037
-GRESO_EXPLORE_SALT = 1_000_039
-
 
 class Run(Protocol):
     cfg: RLRunParams
@@ -63,11 +59,6 @@ class Scored(Protocol):
     problem_id: str
     prompt_index: int
     reward: float
-
-
-def rng(*parts: int) -> np.random.Generator:
-    """A generator seeded by integers (seed, salt, step, ...): the same draws on every platform."""
-    return np.random.default_rng([int(p) for p in parts])
 
 
 @dataclass

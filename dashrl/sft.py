@@ -28,11 +28,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from dashrl.batching import get_packing
 from dashrl.data import task_of
 from dashrl.evaluation import evaluate
+from dashrl.infra.progress import progress
+from dashrl.infra.seeds import derive_seed
 from dashrl.losses import batch_logprobs
 from dashrl.models import render_prompt
 from dashrl.params import GraderParams, PromptParams
-from dashrl.progress import progress
-from dashrl.rollout import RolloutEngine, SamplingConfig, derive_seed
+from dashrl.rollout import RolloutEngine, SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def sft_train(
     """Train ``model`` in place; returns one record per optimizer step (epoch, step, loss, tokens).
 
     ``train_dtype`` is ``float32`` or ``bfloat16`` (autocast over fp32 weights); resolve ``auto``
-    first (``dashrl.hardware.resolve_dtype``)."""
+    first (``dashrl.infra.hardware.resolve_dtype``)."""
     if train_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"train_dtype must be float32 or bfloat16 (resolve auto first), got {train_dtype!r}")
     if not examples:

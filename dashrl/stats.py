@@ -11,14 +11,13 @@ Which interval where (docs/pipeline.md, "The report"):
 - a ratio of training times: per seed (runs paired by seed), the geometric mean over seeds, their
   min and max, and a t interval on the log ratios when there are >= 3 seeds.
 
-Every bootstrap draws from ``rng_for(seed, key)``: the params' seed and the quantity's own name, so
+Every bootstrap draws from ``dashrl.infra.seeds.keyed_rng(seed, key)``: the params' seed and the quantity's own name, so
 a number's interval does not move when another quantity is added to the report.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -63,11 +62,6 @@ class Ratio:
     @property
     def has_interval(self) -> bool:
         return self.lo is not None and self.hi is not None
-
-
-def rng_for(seed: int, key: str) -> np.random.Generator:
-    """A generator for one quantity: the report's seed and the quantity's name (stable across runs)."""
-    return np.random.default_rng([seed, zlib.crc32(key.encode())])
 
 
 def t_quantile_975(df: int) -> float:

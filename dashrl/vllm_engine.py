@@ -61,7 +61,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dashrl.rollout import Completion, GenerationStats, SamplingConfig, _eos_ids, derive_seed
+from dashrl.infra.seeds import derive_seed
+from dashrl.rollout import Completion, GenerationStats, SamplingConfig, _eos_ids
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from dashrl.data import read_problems
+from dashrl.infra.progress import TqdmLoggingHandler
 from dashrl.params import ParamsError
-from dashrl.progress import TqdmLoggingHandler
 from stages import paths
 
 

@@ -19,8 +19,8 @@ import torch
 
 from dashrl.data import read_problems
 from dashrl.evaluation import evaluate, sampling_from, select_problems
-from dashrl.hardware import compute_record, resolve_dtype
-from dashrl.io import atomic_dir, run_record, write_json
+from dashrl.infra.files import atomic_dir, run_record, write_json
+from dashrl.infra.hardware import compute_record, resolve_dtype
 from dashrl.models import default_device, load_model, load_tokenizer
 from dashrl.params import Params, load_params, section_dict
 from dashrl.rollout import HFEngine

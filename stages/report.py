@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from dashrl.data import task_of
-from dashrl.io import atomic_dir, write_json
+from dashrl.infra.files import atomic_dir, read_jsonl, write_json
 from dashrl.params import Params, load_params
 from dashrl.reporting import (
     PAPER_TABLES,
@@ -55,7 +55,6 @@ from dashrl.reporting import (
     task_benchmarks,
     to_markdown,
 )
-from dashrl.run_log import read_metrics
 from dashrl.selector_report import SELECTOR_RUNS, plot_selectors, selector_notes, selector_table
 from stages import paths
 from stages.common import setup_logging
@@ -86,9 +85,9 @@ def collect(params: Params) -> RunResults:
     passk = {(m, b): _read_json(paths.passk_dir(m, b) / "metrics.json", f"passk@{m}-{b}")
              for m in params.evaluate.pass_k.models for b in benchmarks}
     rl_summary = {r: _read_json(paths.rl_dir(r) / "summary.json", f"rl@{r}") for r in params.rl.runs}
-    rl_steps = {r: read_metrics(paths.rl_dir(r)) for r in params.rl.runs}
+    rl_steps = {r: read_jsonl(paths.rl_dir(r) / "metrics.jsonl") for r in params.rl.runs}
     sft_summary = {r: _read_json(paths.sft_dir(r) / "summary.json", f"sft@{r}") for r in params.sft.runs}
-    sft_steps = {r: read_metrics(paths.sft_dir(r)) for r in params.sft.runs}
+    sft_steps = {r: read_jsonl(paths.sft_dir(r) / "metrics.jsonl") for r in params.sft.runs}
     scores = {(m, b): _read_scores(paths.eval_dir(m, b) / "problems.parquet", f"evaluate@{m}-{b}") for m, b in evals}
     tasks = {b: task_of(b) for b in benchmarks}
     tasks |= {r: task_of(params.rl.run(r).dataset) for r in params.rl.runs}

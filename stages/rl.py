@@ -8,7 +8,7 @@ Reads ``data/models/<init_from>`` and ``data/prepared/<dataset>/train.parquet``;
 policy ``data/models/<run>/`` (input of evaluate), ``data/rl/<run>/rollouts/`` (one parquet per
 step), ``metrics.jsonl`` (per step, DVC plots), ``summary.json`` (DVC metrics), ``curves.png``.
 ``data/work/rl/<run>/`` keeps checkpoints so a killed run resumes where it stopped.
-Under ``torchrun`` every process trains (``dashrl.distributed``); rank 0 alone writes the outputs.
+Under ``torchrun`` every process trains (``dashrl.infra.distributed``); rank 0 alone writes the outputs.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ import time
 
 import numpy as np
 
-from dashrl.distributed import SINGLE, World, init_from_env, teardown
-from dashrl.hardware import compute_record
-from dashrl.io import atomic_dir, atomic_file, run_record, write_json
-from dashrl.models import dir_sha256, load_tokenizer
+from dashrl.infra.distributed import SINGLE, World, init_from_env, teardown
+from dashrl.infra.files import atomic_dir, atomic_file, dir_sha256, read_jsonl, run_record, write_json
+from dashrl.infra.hardware import compute_record
+from dashrl.models import load_tokenizer
 from dashrl.params import Params, load_params, section_dict
 from dashrl.reporting import plot_rl_curves
 from dashrl.rl import train
-from dashrl.run_log import read_metrics
 from stages import paths
 from stages.common import setup_logging, training_inputs
 
@@ -47,7 +46,7 @@ def main(params: Params, run_name: str, world: World = SINGLE) -> None:
     wall_s = time.perf_counter() - start
     if not world.is_main:
         return  # rank 0 holds the same weights and writes them
-    metrics = read_metrics(work_dir)
+    metrics = read_jsonl(work_dir / "metrics.jsonl")
 
     used = {"rl": section_dict(cfg), "prompt": section_dict(params.prompt), "grader": section_dict(params.grader)}
     compute = compute_record(world.device, train_dtype=run.cfg.train_dtype, rollout_dtype=run.cfg.rollout_dtype)

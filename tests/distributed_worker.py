@@ -25,8 +25,8 @@ import dashrl.rl
 import dashrl.rl_run
 from dashrl.arith import generate_arith
 from dashrl.data import write_problems
-from dashrl.distributed import World, init_from_env, teardown
 from dashrl.engines import make_engine
+from dashrl.infra.distributed import World, init_from_env, teardown
 from dashrl.models import load_tokenizer
 from dashrl.params import check_rl_run
 from dashrl.rl import StepOutput, rl_step, train

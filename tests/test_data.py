@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import dashrl.arith
-import dashrl.io
+import dashrl.infra.files
 from dashrl import data
 from dashrl.arith import generate_arith
 from dashrl.data import (
@@ -412,7 +412,7 @@ def test_write_failure_leaves_no_temp_file(tmp_path, arith, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(dashrl.io.os, "replace", fail)
+    monkeypatch.setattr(dashrl.infra.files.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         write_problems(arith[0], path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.parquet"]

@@ -1,4 +1,4 @@
-"""Data-parallel RL over 2 gloo processes on CPU, launched with torchrun (dashrl.distributed).
+"""Data-parallel RL over 2 gloo processes on CPU, launched with torchrun (dashrl.infra.distributed).
 
 One torchrun launch of ``distributed_worker.py`` runs every scenario on both ranks (DASH, standard
 GRPO, PPO-Multi x PPO-Mini, and ``train`` with AdamW); the tests compare what each rank saved with
@@ -23,12 +23,11 @@ from test_rl import make_cfg, one_thread, parity_grade_batch  # noqa: F401 (one_
 
 import dashrl.rl
 import dashrl.rl_run
-from dashrl.distributed import SINGLE, World, init_from_env
-from dashrl.losses import StepCounts
+from dashrl.infra.distributed import SINGLE, World, init_from_env
+from dashrl.infra.files import read_jsonl
 from dashrl.models import load_model
 from dashrl.params import load_params
 from dashrl.rl_run import check_world
-from dashrl.run_log import read_metrics
 from stages import prepare as prepare_stage
 
 TIMEOUT_S = 150  # a hung collective must not hang the suite
@@ -132,7 +131,7 @@ def test_train_over_two_processes_writes_from_rank_0_only(two_ranks, tiny_model_
     # The same run in one process: the same samples and rewards; AdamW amplifies float rounding
     # where a gradient is ~0 (its first steps are ~lr x sign(g)), so weights agree to ~lr only.
     one = worker.run_train(tiny_model_dir, two_ranks / "train.parquet", tmp_path / "work", SINGLE)
-    metrics_one, metrics_two = read_metrics(tmp_path / "work"), read_metrics(work)
+    metrics_one, metrics_two = read_jsonl(tmp_path / "work" / "metrics.jsonl"), read_jsonl(work / "metrics.jsonl")
     for m1, m2 in zip(metrics_one, metrics_two, strict=True):
         assert (m2["reward_mean"], m2["samples_kept"], m2["optimizer_steps"]) == (m1["reward_mean"], m1["samples_kept"], m1["optimizer_steps"])
         assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4, abs=1e-7)
@@ -179,7 +178,7 @@ def test_without_torchrun_there_is_one_process_and_no_communication(monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU case (tests/test_gpu.py: the GPU one)
     assert init_from_env() is SINGLE
     assert (SINGLE.rank, SINGLE.size, SINGLE.is_main, SINGLE.shard(8)) == (0, 1, True, range(0, 8))
-    items, counts, values = [1, 2], StepCounts(3, 10, 8), {"a": 1.5}
+    items, counts, values = [1, 2], {"sequences": 3, "tokens": 10}, {"a": 1.5}
     assert SINGLE.gather_objects(items) is items
     assert SINGLE.sum_counts(counts) is counts
     assert SINGLE.sum_floats(values) is values and SINGLE.max_floats(values) is values

@@ -11,8 +11,8 @@ import torch
 
 import dashrl.engines
 import dashrl.vllm_engine
-from dashrl.distributed import World
 from dashrl.engines import make_engine, rollout_gpus
+from dashrl.infra.distributed import World
 from dashrl.models import load_model, load_tokenizer
 from dashrl.params import load_params
 from dashrl.rollout import HFEngine, SamplingConfig, ShardedEngine

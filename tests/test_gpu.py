@@ -1,7 +1,7 @@
 """The CUDA path: what only a machine with an NVIDIA GPU can check (opt-in: ``pytest -m gpu``).
 
 The rest of the suite runs on the CPU; on a GPU machine the stages pick the first GPU by themselves
-(``dashrl.models.default_device``, ``dashrl.distributed.init_from_env``), so these tests check that
+(``dashrl.models.default_device``, ``dashrl.infra.distributed.init_from_env``), so these tests check that
 the GPU gives the CPU's numbers where it should (fp32 log-probs and gradients, tree-packed and
 padded), that ``auto`` turns into bf16 autocast there, and that a run trained on the GPU leaves an
 ordinary model directory and a run record naming the GPU. Without CUDA every test here is skipped.
@@ -25,9 +25,9 @@ from test_rl import (
     step_gradient,
 )
 
-from dashrl.distributed import init_from_env
 from dashrl.engines import make_engine
-from dashrl.hardware import compute_record, resolve_dtype
+from dashrl.infra.distributed import init_from_env
+from dashrl.infra.hardware import compute_record, resolve_dtype
 from dashrl.losses import batch_logprobs
 from dashrl.models import default_device, load_model
 from dashrl.params import load_params

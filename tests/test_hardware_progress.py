@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-import dashrl.hardware as hw
-from dashrl.progress import LineStream, TqdmLoggingHandler, progress
+import dashrl.infra.hardware as hw
+from dashrl.infra.progress import LineStream, TqdmLoggingHandler, progress
 
 
 @pytest.fixture

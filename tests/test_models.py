@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dashrl.models import dir_sha256, load_model, load_tokenizer, materialise_model, render_prompt
+from dashrl.infra.files import dir_sha256
+from dashrl.models import load_model, load_tokenizer, materialise_model, render_prompt
 from dashrl.params import PromptParams
 
 CHAT = PromptParams(format="chat", instruction="Put the answer in \\boxed{}.", system_prompt=None)

@@ -21,6 +21,7 @@ import dashrl.rl
 from dashrl.arith import generate_arith
 from dashrl.data import write_problems
 from dashrl.engines import make_engine
+from dashrl.infra.files import read_jsonl
 from dashrl.losses import batch_logprobs, completion_logprobs, get_loss_agg
 from dashrl.models import load_model, load_tokenizer
 from dashrl.params import (
@@ -47,7 +48,6 @@ from dashrl.rl import (
 )
 from dashrl.rl_run import PromptSchedule, RLRun, lr_lambda
 from dashrl.rollout import Completion
-from dashrl.run_log import read_metrics
 from dashrl.step_metrics import PhaseTimer
 
 PROMPT = PromptParams(format="raw", instruction="", system_prompt=None)
@@ -728,7 +728,7 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_model_dir, t
     work_b = tmp_path / "b"
     with pytest.raises(RuntimeError, match="killed"):
         run_train(cfg, tiny_model_dir, tokenizer, problems, train_file, work_b)
-    assert [m["step"] for m in read_metrics(work_b)] == [0, 1]
+    assert [m["step"] for m in read_jsonl(work_b / "metrics.jsonl")] == [0, 1]
     resumed = run_train(cfg, tiny_model_dir, tokenizer, problems, train_file, work_b)
     assert calls == [0, 1, 2, 2, 3]  # restarted at the step-2 checkpoint
 
@@ -737,7 +737,7 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_model_dir, t
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     initial = load_model(tiny_model_dir).state_dict()
     assert not all(torch.equal(initial[k], state_a[k]) for k in initial)  # the run did learn
-    metrics_a, metrics_b = read_metrics(tmp_path / "a"), read_metrics(work_b)
+    metrics_a, metrics_b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(work_b / "metrics.jsonl")
     assert [m["step"] for m in metrics_b] == [0, 1, 2, 3]
     assert len((work_b / "metrics.jsonl").read_text().splitlines()) == 4
     assert sum(m["optimizer_steps"] for m in metrics_a) > 0
@@ -756,7 +756,7 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_model_dir, t
     changed = dataclasses.replace(cfg, lr=2e-3)
     run_train(changed, tiny_model_dir, tokenizer, problems, train_file, work_b)
     assert calls == [0, 1, 2, 3]
-    assert [m["step"] for m in read_metrics(work_b)] == [0, 1, 2, 3]
+    assert [m["step"] for m in read_jsonl(work_b / "metrics.jsonl")] == [0, 1, 2, 3]
     state = json.loads((work_b / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
     assert state["param_groups"][0]["initial_lr"] == 2e-3
 

@@ -8,9 +8,10 @@ import dataclasses
 import pytest
 import torch
 
+from dashrl.infra.seeds import derive_seed
 from dashrl.models import load_model, load_tokenizer, render_prompt
 from dashrl.params import PromptParams
-from dashrl.rollout import Completion, GenerationStats, HFEngine, SamplingConfig, ShardedEngine, derive_seed
+from dashrl.rollout import Completion, GenerationStats, HFEngine, SamplingConfig, ShardedEngine
 
 PROMPT = PromptParams(format="chat", instruction="Box it.", system_prompt=None)
 PROBLEMS = ["What is 1+1?", "Tom has 3 apples and eats one. How many are left?", "2*3?", "Add 10 and 15."]

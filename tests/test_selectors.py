@@ -25,14 +25,14 @@ import dashrl.rl
 from dashrl.advantages import group_advantages
 from dashrl.checkpoints import restore_checkpoint, save_checkpoint
 from dashrl.data import write_problems
-from dashrl.distributed import SINGLE
+from dashrl.infra.distributed import SINGLE
+from dashrl.infra.files import read_jsonl
 from dashrl.params import ParamsError, check_rl_run, load_params
 from dashrl.profiles import apply_profile
 from dashrl.rewards import Grade
 from dashrl.rl import Sample, rl_step
 from dashrl.rl_run import PromptSchedule
 from dashrl.rollout import Completion
-from dashrl.run_log import read_metrics
 from dashrl.selector_report import plot_selectors, reward_at, selector_notes, selector_table
 from dashrl.selectors import (
     GRESO_HISTORY,
@@ -350,7 +350,7 @@ def test_greso_run_resumes_with_its_history(tmp_path, tiny_model_dir, tokenizer,
                    filter_threshold=0.1, lr=1e-3)
     check_rl_run(cfg, "rl.runs.test")
     uninterrupted = run_train(cfg, tiny_model_dir, tokenizer, problems, train_file, tmp_path / "a")
-    metrics_a = read_metrics(tmp_path / "a")
+    metrics_a = read_jsonl(tmp_path / "a" / "metrics.jsonl")
     assert sum(m["prompts_skipped"] for m in metrics_a[:4]) == 0 and sum(m["prompts_skipped"] for m in metrics_a[4:]) > 0
 
     real_step, crashed = dashrl.rl.rl_step, []
@@ -369,7 +369,7 @@ def test_greso_run_resumes_with_its_history(tmp_path, tiny_model_dir, tokenizer,
     assert resumed.selector_state == uninterrupted.selector_state
     state_a, state_b = uninterrupted.policy.state_dict(), resumed.policy.state_dict()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
-    assert [untimed(m) for m in metrics_a] == [untimed(m) for m in read_metrics(tmp_path / "b")]
+    assert [untimed(m) for m in metrics_a] == [untimed(m) for m in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
     for name in sorted(p.name for p in (tmp_path / "a" / "rollouts").glob("*.parquet")):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "rollouts" / name),
                                       pd.read_parquet(tmp_path / "b" / "rollouts" / name))

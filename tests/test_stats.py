@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dashrl.infra.seeds import keyed_rng
 from dashrl.stats import (
     bootstrap_mean,
     decide,
     paired_difference,
     ratio_over_seeds,
-    rng_for,
     rule,
     t_interval,
     t_quantile_975,
@@ -42,14 +42,14 @@ def test_t_quantiles_table_and_expansion():
 
 def test_bootstrap_is_seeded_and_resamples_seeds_then_problems():
     scores = np.random.default_rng(1).random((1, 50))  # continuous scores: percentiles do not tie
-    a = bootstrap_mean(scores, 2000, rng_for(0, "x"))
-    assert a == bootstrap_mean(scores, 2000, rng_for(0, "x"))  # same seed and name: same interval
-    assert a != bootstrap_mean(scores, 2000, rng_for(0, "y"))
+    a = bootstrap_mean(scores, 2000, keyed_rng(0, "x"))
+    assert a == bootstrap_mean(scores, 2000, keyed_rng(0, "x"))  # same seed and name: same interval
+    assert a != bootstrap_mean(scores, 2000, keyed_rng(0, "y"))
     assert a.lo < a.estimate < a.hi and a.method == "bootstrap: problems"
     two_seeds = np.stack([np.zeros(40), np.ones(40)])  # seed 0 gets nothing right, seed 1 everything
-    both = bootstrap_mean(two_seeds, 2000, rng_for(0, "s"))
+    both = bootstrap_mean(two_seeds, 2000, keyed_rng(0, "s"))
     assert both.estimate == 0.5 and (both.lo, both.hi) == (0.0, 1.0) and both.method == "bootstrap: seeds, then problems"
-    fixed = bootstrap_mean(two_seeds, 2000, rng_for(0, "s"), resample_seeds=False)
+    fixed = bootstrap_mean(two_seeds, 2000, keyed_rng(0, "s"), resample_seeds=False)
     assert (fixed.lo, fixed.hi) == (0.5, 0.5)  # every problem scores 0.5 over the two seeds
 
 
@@ -60,7 +60,7 @@ def test_bootstrap_and_wilson_cover_the_truth_about_95_percent_of_the_time():
     for i in range(trials):
         x = rng.random(n) < truth
         w = wilson(int(x.sum()), n)
-        b = bootstrap_mean(x, 1000, rng_for(i, "coverage"))
+        b = bootstrap_mean(x, 1000, keyed_rng(i, "coverage"))
         wilson_hits += w.lo <= truth <= w.hi
         boot_hits += b.lo <= truth <= b.hi
     assert 0.90 <= wilson_hits / trials <= 0.99
@@ -70,15 +70,15 @@ def test_bootstrap_and_wilson_cover_the_truth_about_95_percent_of_the_time():
 def test_paired_difference_uses_the_same_problems_for_both_arms():
     rng = np.random.default_rng(3)
     a = (rng.random((1, 300)) < 0.4).astype(float)
-    same = paired_difference(a, a, 2000, rng_for(0, "d"))
+    same = paired_difference(a, a, 2000, keyed_rng(0, "d"))
     assert (same.estimate, same.lo, same.hi) == (0.0, 0.0, 0.0)  # unpaired resampling would spread it
     better = np.maximum(a, rng.random((1, 300)) < 0.3)  # right wherever a is, and on some more
-    diff = paired_difference(better, a, 2000, rng_for(0, "d"))
+    diff = paired_difference(better, a, 2000, keyed_rng(0, "d"))
     assert diff.lo > 0 and diff.estimate == pytest.approx(better.mean() - a.mean())
-    seeded = paired_difference(np.stack([a[0], better[0], a[0]]), a, 2000, rng_for(0, "d"))
+    seeded = paired_difference(np.stack([a[0], better[0], a[0]]), a, 2000, keyed_rng(0, "d"))
     assert seeded.method == "paired bootstrap: seeds, then problems" and seeded.lo == 0.0
     with pytest.raises(ValueError, match="same problems"):
-        paired_difference(a, a[:, :10], 100, rng_for(0, "d"))
+        paired_difference(a, a[:, :10], 100, keyed_rng(0, "d"))
 
 
 def test_time_ratio_pairs_seeds_and_needs_three_for_an_interval():

@@ -1,4 +1,4 @@
-"""Atomic writes and run records.
+"""Files: atomic writes, run records, content hashes and JSON-lines records.
 
 Nothing a stage writes is ever left half-written: files go to a temporary sibling and are renamed
 into place; directories are built under a temporary name and swapped in at the end, so a crash
@@ -8,6 +8,7 @@ keeps the previous output intact. Every run records its params, package versions
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -103,3 +104,27 @@ def git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("-dirty" if dirty.strip() else "")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dir_sha256(path: str | Path) -> str:
+    """Hash of a directory's file names and contents, independent of file order on disk."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (blank lines skipped); [] when the file does not exist."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []

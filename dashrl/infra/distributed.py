@@ -25,8 +25,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dashrl.losses import StepCounts
-
 
 @dataclass(frozen=True)
 class World:
@@ -75,12 +73,11 @@ class World:
             p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
             offset += p.numel()
 
-    def sum_counts(self, counts: StepCounts) -> StepCounts:
-        """The whole step's sequences and tokens, from every rank's own counts."""
+    def sum_counts(self, counts: dict[str, int]) -> dict[str, int]:
+        """Integer counts (a step's sequences, tokens) summed over ranks, from every rank's own."""
         if not self.is_distributed:
             return counts
-        total = self.sum_floats({"sequences": counts.sequences, "tokens": counts.tokens})
-        return StepCounts(sequences=int(total["sequences"]), tokens=int(total["tokens"]), max_new_tokens=counts.max_new_tokens)
+        return {key: int(total) for key, total in self.sum_floats(counts).items()}
 
     def sum_floats(self, values: dict[str, float]) -> dict[str, float]:
         """Each value summed over ranks (every rank passes the same keys). float64: counts stay exact."""

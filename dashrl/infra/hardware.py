@@ -12,7 +12,7 @@ emulates bf16 and a bf16 matmul runs ~40x slower than fp32 (measured on a 2-core
             float32   everywhere else
 
 The decision reads CPU flags, not a timing probe: the same machine always resolves the same way,
-so a rerun reproduces its numbers. ``python -m dashrl.hardware`` prints the decision beside a
+so a rerun reproduces its numbers. ``python -m dashrl.infra.hardware`` prints the decision beside a
 measured fp32/bf16 matmul rate, to check it on a new machine. Results computed in different dtypes
 are not comparable (bf16 and fp32 sample different tokens within a few dozen steps): every run
 records the dtype it resolved to and the machine it ran on (``compute_record``).
