@@ -55,7 +55,7 @@ test-vllm: $(VLLM_STAMP)
 
 run: $(STAMP)
 	test -d .dvc || (dvc init --quiet && dvc config core.analytics false)
-	$(if $(strip $(PROFILE)),$(BIN)/python -m dashrl.profiles $(PROFILE))
+	$(if $(strip $(PROFILE)),$(BIN)/python -m dashrl.config.profiles $(PROFILE))
 	$(BIN)/python -m dashrl.preflight
 	dvc repro
 

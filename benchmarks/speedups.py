@@ -7,7 +7,7 @@ On the embedded model (``data/models/base``, from ``make run`` or ``dvc repro mo
 on the same inputs, alternating, and prints the median seconds and old/new:
 
 - training layout: one micro-batch (a group of 8 completions of one prompt, lengths from the
-  embedded model's rollouts) forward + backward, ``padded`` vs ``tree`` (``dashrl.batching``);
+  embedded model's rollouts) forward + backward, ``padded`` vs ``tree`` (``dashrl.algo.batching``);
 - top-p draw at batch 200 (evaluation: top_p 0.95): a full sort of the vocabulary vs candidate lists;
 - a decoding step at batch 64 after 150 tokens: ``DynamicCache`` (grows by concatenation) vs
   ``PreallocatedLayer``;
@@ -66,12 +66,12 @@ def main() -> None:
     from transformers import DynamicCache
     from transformers.cache_utils import Cache
 
-    from dashrl.batching import get_packing
+    from dashrl.algo.batching import get_packing
+    from dashrl.algo.losses import batch_logprobs
+    from dashrl.algo.sampling import sample_tokens
     from dashrl.infra.hardware import compute_record, resolve_dtype
-    from dashrl.losses import batch_logprobs
     from dashrl.models import load_model
     from dashrl.rollout import PreallocatedLayer
-    from dashrl.sampling import sample_tokens
 
     dtype = resolve_dtype(args.dtype, "cpu")
     record = compute_record("cpu", dtype=dtype)

@@ -56,8 +56,8 @@ def _peak_rss_mb() -> float:
 
 def _setup(params_path: str, run_name: str, dtype: str) -> tuple[Any, Any, Any, Any]:
     """(params, run cfg with the benchmark's geometry and ``dtype`` (resolved), problems, init_dir)."""
+    from dashrl.config.params import check_rl_run, load_params
     from dashrl.data import read_problems
-    from dashrl.params import check_rl_run, load_params
     from stages import paths
 
     params = load_params(params_path)
@@ -302,7 +302,7 @@ def _receive(name: str, proc: mp.Process, conn, what: str) -> dict:
 def _n_params(params_path: str, run_name: str) -> int:
     import json
 
-    from dashrl.params import load_params
+    from dashrl.config.params import load_params
     from stages import paths
 
     cfg = load_params(params_path).rl.run(run_name)
@@ -317,7 +317,7 @@ def _n_params(params_path: str, run_name: str) -> int:
 
 
 def _kl_coef(params_path: str, run_name: str) -> float:
-    from dashrl.params import load_params
+    from dashrl.config.params import load_params
 
     return load_params(params_path).rl.run(run_name).kl_coef
 

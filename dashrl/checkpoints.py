@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from dashrl.config.params import GraderParams, PromptParams, RLRunParams
 from dashrl.infra.files import atomic_dir, file_sha256
-from dashrl.params import GraderParams, PromptParams, RLRunParams
 
 if TYPE_CHECKING:
     from dashrl.rl_run import RLRun

@@ -30,8 +30,9 @@ import re
 from collections.abc import Sequence
 
 from dashrl.code_data import CodeSpec, code_spec
+from dashrl.config.params import SandboxLimits
 from dashrl.rewards import Grade
-from dashrl.sandbox import SandboxJob, SandboxLimits, run_programs
+from dashrl.sandbox import SandboxJob, run_programs
 
 logger = logging.getLogger(__name__)
 

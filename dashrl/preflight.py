@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from dashrl.code_data import MBPPPLUS_HUB_ID, humaneval_data_file
+from dashrl.config.params import Params, ParamsError, load_params
 from dashrl.data import HUB_IDS, ProblemDataError
-from dashrl.params import Params, ParamsError, load_params
 
 
 def hub_reachable(repo_id: str, repo_type: str) -> str | None:

@@ -11,7 +11,7 @@ One rollout step, in the paper's order (docs/algorithm.md §2-3), and in this fi
   2) reward      binary, with the evaluation grader (dashrl.grading); then the selector chooses
                  what is trained (none: everything; dapo: informative groups, sampling more
                  prompts for the missing ones; pods: the max-variance G of each group).
-  3) advantages  group-normalised over what is trained (dashrl.advantages).
+  3) advantages  group-normalised over what is trained (dashrl.algo.advantages).
   4) filter      drop samples with |A| <= tau BEFORE any forward pass, repack the survivors into
                  micro-batches (packing padded: sorted by length, so little padding is
                  back-propagated; tree: a group stays together, its prompt through the model once).
@@ -39,7 +39,7 @@ How it departs from the authors' code (a patched TRL GRPOTrainer, docs/algorithm
     surrogate has a dual clip for negative advantages (dual_clip);
   - the KL reference's log-probs use the temperature alone (no top-k / top-p): a sampled token is
     never outside its support;
-  - the loss and the sampler use one distribution (dashrl.sampling), one prompt string,
+  - the loss and the sampler use one distribution (dashrl.algo.sampling), one prompt string,
     and every random choice derives from (seed, step, ...): the data order is a seeded shuffle.
 
 All state is explicit in ``RLRun``; ``rl_step`` is the whole algorithm, and ``train`` runs it step
@@ -63,22 +63,22 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from dashrl.advantages import group_advantages, keep_mask, zero_variance_fraction
-from dashrl.batching import PackedBatch, TreeBatch, get_packing
-from dashrl.checkpoints import latest_checkpoint, restore_checkpoint, run_fingerprint, save_checkpoint
-from dashrl.data import task_of
-from dashrl.grading import grade_completions
-from dashrl.infra.distributed import SINGLE, World
-from dashrl.infra.progress import progress
-from dashrl.infra.seeds import derive_seed
-from dashrl.losses import (
+from dashrl.algo.advantages import group_advantages, keep_mask, zero_variance_fraction
+from dashrl.algo.batching import PackedBatch, TreeBatch, get_packing
+from dashrl.algo.losses import (
     StepCounts,
     batch_logprobs,
     kl_k3,
     policy_token_loss,
 )
+from dashrl.checkpoints import latest_checkpoint, restore_checkpoint, run_fingerprint, save_checkpoint
+from dashrl.config.params import GraderParams, PromptParams, RLRunParams
+from dashrl.data import task_of
+from dashrl.grading import grade_completions
+from dashrl.infra.distributed import SINGLE, World
+from dashrl.infra.progress import progress
+from dashrl.infra.seeds import derive_seed
 from dashrl.models import render_prompt
-from dashrl.params import GraderParams, PromptParams, RLRunParams
 from dashrl.rl_run import RLRun, build_run, resolve_dtypes
 from dashrl.rollout import Completion, SamplingConfig
 from dashrl.run_log import record_step, start_work_dir
@@ -295,7 +295,7 @@ class TreeMicroBatch(TreeBatch):
 
 
 def pack(samples: list[Sample], pad_id: int, device: torch.device, packing: str = "padded") -> MicroBatch | TreeMicroBatch:
-    """One micro-batch in the ``packing`` layout (``dashrl.batching``), with its advantages (and the
+    """One micro-batch in the ``packing`` layout (``dashrl.algo.batching``), with its advantages (and the
     old log-probs, where every sample has them)."""
     packed = get_packing(packing).pack([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples],
                                        pad_id, device, behaviour_logprobs=[s.completion.logprobs for s in samples])
@@ -329,7 +329,7 @@ def policy_logprobs(run: RLRun, batch: MicroBatch | TreeMicroBatch) -> torch.Ten
     """The policy's completion log-probs (B, Tc) under the sampling distribution, float32, 0 at padding.
 
     Eval mode: no dropout (train mode enables nothing else in these models), gradients still flow;
-    the engine may share this module. No KV cache (``dashrl.losses``)."""
+    the engine may share this module. No KV cache (``dashrl.algo.losses``)."""
     cfg = run.cfg
     run.policy.eval()
     with run.autocast():

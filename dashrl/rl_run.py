@@ -22,13 +22,13 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from dashrl.algo.losses import LossAggregation, get_loss_agg
+from dashrl.config.params import GraderParams, PromptParams, RLRunParams
 from dashrl.engines import make_engine
 from dashrl.infra.distributed import SINGLE, World
 from dashrl.infra.hardware import resolve_dtype
 from dashrl.infra.seeds import PROMPT_ORDER_SALT, derive_seed
-from dashrl.losses import LossAggregation, get_loss_agg
 from dashrl.models import load_model
-from dashrl.params import GraderParams, PromptParams, RLRunParams
 from dashrl.rollout import RolloutEngine
 from dashrl.selectors import Selector, get_selector
 

@@ -5,7 +5,7 @@ prompt, ``n`` ``Completion`` records (text, token ids, per-token log-probs, fini
 ``sync_weights(policy)`` to load the policy's current weights. The HF backend here decodes in
 batches on CPU or GPU; a vLLM backend (GPU) plugs in behind the same interface.
 
-Sampling distribution: ``dashrl.sampling`` (logits / temperature, then top-k, then top-p;
+Sampling distribution: ``dashrl.algo.sampling`` (logits / temperature, then top-k, then top-p;
 temperature 0 is greedy), the same function the training loss uses.
 Prompts are tokenised without adding special tokens: ``render_prompt`` already produced the exact
 string (chat template or BOS + raw text). Batches use left padding.
@@ -34,9 +34,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
 
+from dashrl.algo.sampling import sample_tokens
 from dashrl.infra.progress import progress
 from dashrl.infra.seeds import derive_seed
-from dashrl.sampling import sample_tokens
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dashrl.config.params import SANDBOX_UID_SLOTS, SandboxLimits
+
 logger = logging.getLogger(__name__)
 
 RUNNER = Path(__file__).with_name("sandbox_runner.py")
@@ -47,28 +49,9 @@ SANDBOX_STATUSES = ("passed", "failed", "timeout", "syntax_error", "sandbox_erro
 # Dedicated uids for jobs when the trainer runs as root: one per pool slot, spread by pid so that two
 # trainers on one machine do not share one (RLIMIT_NPROC counts per uid). 60000-65459 lies inside the
 # uid range a container's user namespace usually maps.
-_UID_BASE, _UID_SLOTS, _UID_PROCESS_SPREAD = 60000, 60, 91
+_UID_BASE, _UID_PROCESS_SPREAD = 60000, 91  # uid = base + (pid % spread) x SANDBOX_UID_SLOTS + slot
 _MAX_MESSAGE_BYTES = 16 << 20
 _VERDICT_BYTES = 1 << 16
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    """Per-program limits (params.yaml ``grader.code``)."""
-
-    timeout_s: float = 10.0  # wall clock for the whole job (start, load, all tests)
-    cpu_s: int = 10  # CPU seconds per process
-    memory_mb: int = 1024  # address space of the candidate (the tester gets twice this)
-    file_size_mb: int = 16  # largest file the candidate may write
-    max_processes: int = 16  # processes the candidate's uid may have (fork bombs stop here)
-    workers: int = 2  # jobs in flight
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if not value > 0:
-                raise ValueError(f"sandbox limit {name} must be > 0, got {value!r}")
-        if self.workers > _UID_SLOTS:
-            raise ValueError(f"sandbox limit workers must be <= {_UID_SLOTS}, got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +87,7 @@ def _scrubbed_env(workdir: str) -> dict[str, str]:
 def _job_uid(slot: int) -> int | None:
     if os.geteuid() != 0:
         return None
-    return _UID_BASE + (os.getpid() % _UID_PROCESS_SPREAD) * _UID_SLOTS + slot
+    return _UID_BASE + (os.getpid() % _UID_PROCESS_SPREAD) * SANDBOX_UID_SLOTS + slot
 
 
 def _kill_uid(uid: int) -> None:

@@ -39,9 +39,9 @@ import torch
 from dashrl.infra.seeds import DAPO_STREAM_SALT, GRESO_EXPLORE_SALT, GRESO_STREAM_SALT, rng
 
 if TYPE_CHECKING:
-    from dashrl.params import RLRunParams
+    from dashrl.config.params import RLRunParams
 
-# This module is imported by dashrl.params (the registry checks rl.*.selector), so every stage runs
+# This module is imported by dashrl.config.params (the registry checks rl.*.selector), so every stage runs
 # it: it imports no other project module, and sees an RL run, a completion, a grade and a sample
 # only through the attributes it reads (the Protocols below; dashrl.rl_run.RLRun, dashrl.rollout.
 # Completion, dashrl.rewards.Grade and dashrl.rl.Sample have them).

@@ -25,14 +25,14 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dashrl.batching import get_packing
+from dashrl.algo.batching import get_packing
+from dashrl.algo.losses import batch_logprobs
+from dashrl.config.params import GraderParams, PromptParams
 from dashrl.data import task_of
 from dashrl.evaluation import evaluate
 from dashrl.infra.progress import progress
 from dashrl.infra.seeds import derive_seed
-from dashrl.losses import batch_logprobs
 from dashrl.models import render_prompt
-from dashrl.params import GraderParams, PromptParams
 from dashrl.rollout import RolloutEngine, SamplingConfig
 
 

@@ -12,7 +12,7 @@ Log-probs: by default vLLM returns *raw* log-probs (log_softmax of the model's l
 temperature, top-k and top-p). This engine starts vLLM with ``logprobs_mode="processed_logprobs"``:
 vLLM 0.32's sampler (``v1/sample/sampler.py``, ``ops/topk_topp_sampler.py``) then returns
 ``log_softmax`` of the logits after temperature, then top-k, then top-p, i.e. the distribution it
-samples from, which is ``dashrl.sampling.sampling_logprobs`` (same order; greedy requests get the
+samples from, which is ``dashrl.algo.sampling.sampling_logprobs`` (same order; greedy requests get the
 untempered log_softmax, as in ``sample_tokens``). No penalties, min-p or logit bias are set, so
 nothing else touches the logits. On CUDA, asking for processed log-probs makes vLLM use its
 PyTorch sampler instead of FlashInfer's (FlashInfer cannot return them).

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from dashrl.config.params import ParamsError
 from dashrl.data import read_problems
 from dashrl.infra.progress import TqdmLoggingHandler
-from dashrl.params import ParamsError
 from stages import paths
 
 

@@ -17,12 +17,12 @@ import logging
 
 import torch
 
+from dashrl.config.params import Params, load_params, section_dict
 from dashrl.data import read_problems
 from dashrl.evaluation import evaluate, sampling_from, select_problems
 from dashrl.infra.files import atomic_dir, run_record, write_json
 from dashrl.infra.hardware import compute_record, resolve_dtype
 from dashrl.models import default_device, load_model, load_tokenizer
-from dashrl.params import Params, load_params, section_dict
 from dashrl.rollout import HFEngine
 from stages import paths
 from stages.common import setup_logging

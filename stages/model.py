@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 
+from dashrl.config.params import Params, load_params, section_dict
 from dashrl.infra.files import atomic_dir, run_record, write_json
 from dashrl.infra.hardware import compute_record
 from dashrl.models import materialise_model
-from dashrl.params import Params, load_params, section_dict
 from stages import paths
 from stages.common import setup_logging
 

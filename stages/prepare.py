@@ -16,10 +16,10 @@ import logging
 
 from dashrl.arith import generate_arith
 from dashrl.code_data import generate_pyfunc
+from dashrl.config.params import Params, load_params, section_dict
 from dashrl.data import load_problems, write_problems
 from dashrl.infra.files import atomic_dir, run_record, write_json
 from dashrl.infra.hardware import compute_record
-from dashrl.params import Params, load_params, section_dict
 from stages import paths
 from stages.common import setup_logging
 

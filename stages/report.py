@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from dashrl.config.params import Params, load_params
 from dashrl.data import task_of
 from dashrl.infra.files import atomic_dir, read_jsonl, write_json
-from dashrl.params import Params, load_params
 from dashrl.reporting import (
     PAPER_TABLES,
     RunResults,

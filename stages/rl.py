@@ -20,11 +20,11 @@ import time
 
 import numpy as np
 
+from dashrl.config.params import Params, load_params, section_dict
 from dashrl.infra.distributed import SINGLE, World, init_from_env, teardown
 from dashrl.infra.files import atomic_dir, atomic_file, dir_sha256, read_jsonl, run_record, write_json
 from dashrl.infra.hardware import compute_record
 from dashrl.models import load_tokenizer
-from dashrl.params import Params, load_params, section_dict
 from dashrl.reporting import plot_rl_curves
 from dashrl.rl import train
 from stages import paths

@@ -22,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from dashrl.config.params import Params, SFTRunParams, load_params, section_dict
 from dashrl.infra.files import atomic_dir, atomic_file, dir_sha256, run_record, write_json
 from dashrl.infra.hardware import compute_record, resolve_dtype
 from dashrl.models import default_device, load_model, load_tokenizer, materialise_model
-from dashrl.params import Params, SFTRunParams, load_params, section_dict
 from dashrl.reporting import plot_sft_loss
 from dashrl.rollout import HFEngine, SamplingConfig
 from dashrl.sft import Example, reference_examples, rejection_sampled_examples, sft_train

@@ -24,11 +24,11 @@ from test_rl import GRADER, PROMPT, make_cfg, parity_grade_batch
 import dashrl.rl
 import dashrl.rl_run
 from dashrl.arith import generate_arith
+from dashrl.config.params import check_rl_run
 from dashrl.data import write_problems
 from dashrl.engines import make_engine
 from dashrl.infra.distributed import World, init_from_env, teardown
 from dashrl.models import load_tokenizer
-from dashrl.params import check_rl_run
 from dashrl.rl import StepOutput, rl_step, train
 from dashrl.rl_run import RLRun, build_run
 from dashrl.rollout import Completion, GenerationStats, SamplingConfig

@@ -7,9 +7,16 @@ import math
 import pytest
 import torch
 
-from dashrl.advantages import group_advantages, keep_mask, zero_variance_fraction
-from dashrl.losses import LOGP_FLOOR, LOSS_AGGREGATIONS, StepCounts, get_loss_agg, kl_k3, policy_token_loss
-from dashrl.params import min_nonzero_abs_advantage
+from dashrl.algo.advantages import group_advantages, keep_mask, zero_variance_fraction
+from dashrl.algo.losses import (
+    LOGP_FLOOR,
+    LOSS_AGGREGATIONS,
+    StepCounts,
+    get_loss_agg,
+    kl_k3,
+    policy_token_loss,
+)
+from dashrl.config.params import min_nonzero_abs_advantage
 
 # Three groups of G = 4: one right, two right, all right.
 REWARDS = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])  # (P, G)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
-from dashrl.batching import get_packing, pack_sequences, pack_trees
-from dashrl.losses import batch_logprobs
+from dashrl.algo.batching import get_packing, pack_sequences, pack_trees
+from dashrl.algo.losses import batch_logprobs
 
 PAD = 0
 CPU = torch.device("cpu")

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from dashrl.code_data import CodeSpec, code_spec, generate_pyfunc, paper_prompt
+from dashrl.config.params import load_params
 from dashrl.data import COLUMNS, ProblemDataError, load_problems, read_problems, task_of, write_problems
-from dashrl.params import load_params
 from stages import prepare as prepare_stage
 from tests.conftest import tiny_params_dict
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from dashrl.code_reward import CODE_STATUSES
-from dashrl.params import load_params
-from dashrl.profiles import apply_profile
+from dashrl.config.params import load_params
+from dashrl.config.profiles import apply_profile
 from stages import evaluate as evaluate_stage
 from stages import model as model_stage
 from stages import prepare as prepare_stage

@@ -6,10 +6,9 @@ import pytest
 
 from dashrl.code_data import CodeSpec
 from dashrl.code_reward import CODE_STATUSES, extract_code, grade_code_batch
+from dashrl.config.params import GraderParams, SandboxLimits
 from dashrl.data import ProblemDataError
 from dashrl.grading import count_statuses, get_grader, grade_completions
-from dashrl.params import GraderParams
-from dashrl.sandbox import SandboxLimits
 
 LIMITS = SandboxLimits(timeout_s=4.0, cpu_s=4, memory_mb=512, workers=2)
 GRADER = GraderParams(require_box=False, timeout_s=5.0, code=LIMITS)

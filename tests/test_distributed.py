@@ -23,10 +23,10 @@ from test_rl import make_cfg, one_thread, parity_grade_batch  # noqa: F401 (one_
 
 import dashrl.rl
 import dashrl.rl_run
+from dashrl.config.params import load_params
 from dashrl.infra.distributed import SINGLE, World, init_from_env
 from dashrl.infra.files import read_jsonl
 from dashrl.models import load_model
-from dashrl.params import load_params
 from dashrl.rl_run import check_world
 from stages import prepare as prepare_stage
 

@@ -13,7 +13,7 @@ import shutil
 import pytest
 import yaml
 
-from dashrl.profiles import apply_profile
+from dashrl.config.profiles import apply_profile
 from tests.conftest import DVC, REPO, make_dvc_repo, run_cmd, stages_run, tiny_params_dict
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")

@@ -11,10 +11,10 @@ import torch
 
 import dashrl.engines
 import dashrl.vllm_engine
+from dashrl.config.params import load_params
 from dashrl.engines import make_engine, rollout_gpus
 from dashrl.infra.distributed import World
 from dashrl.models import load_model, load_tokenizer
-from dashrl.params import load_params
 from dashrl.rollout import HFEngine, SamplingConfig, ShardedEngine
 from dashrl.vllm_engine import VLLMEngine, physical_gpu
 

@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
+from dashrl.config.params import GraderParams, PromptParams
 from dashrl.evaluation import evaluate, pass_at_k, pass_k_values
-from dashrl.params import GraderParams, PromptParams
 from dashrl.rollout import Completion, GenerationStats, SamplingConfig
 
 PROMPT = PromptParams(format="chat", instruction="Box it.", system_prompt=None)

@@ -25,12 +25,12 @@ from test_rl import (
     step_gradient,
 )
 
+from dashrl.algo.losses import batch_logprobs
+from dashrl.config.params import load_params
 from dashrl.engines import make_engine
 from dashrl.infra.distributed import init_from_env
 from dashrl.infra.hardware import compute_record, resolve_dtype
-from dashrl.losses import batch_logprobs
 from dashrl.models import default_device, load_model
-from dashrl.params import load_params
 from dashrl.rl import pack, rl_step
 from dashrl.rl_run import resolve_dtypes
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dashrl.config.params import PromptParams
 from dashrl.infra.files import dir_sha256
 from dashrl.models import load_model, load_tokenizer, materialise_model, render_prompt
-from dashrl.params import PromptParams
 
 CHAT = PromptParams(format="chat", instruction="Put the answer in \\boxed{}.", system_prompt=None)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashrl.params import Params, ParamsError, from_mapping, load_params
+from dashrl.config.params import Params, ParamsError, from_mapping, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,3 +122,25 @@ def test_ints_are_accepted_for_floats_but_bools_are_not_ints():
     raw["evaluate"]["generation"]["batch_size"] = True
     with pytest.raises(ParamsError, match="batch_size: expected int, got True"):
         from_mapping(Params, raw, where="p")
+
+
+def test_the_variant_names_params_accepts_are_exactly_the_registered_ones():
+    """params declares the names (it imports no algorithm); the registries hold the code: they must agree."""
+    import typing
+
+    from dashrl.algo.batching import PACKINGS
+    from dashrl.algo.losses import LOSS_AGGREGATIONS
+    from dashrl.config.params import LOSS_AGG_NAMES, SELECTOR_NAMES, RLRunParams, SFTRunParams
+    from dashrl.selectors import SELECTORS
+
+    assert set(LOSS_AGG_NAMES) == set(LOSS_AGGREGATIONS) and len(LOSS_AGG_NAMES) == len(LOSS_AGGREGATIONS)
+    assert set(SELECTOR_NAMES) == set(SELECTORS) and len(SELECTOR_NAMES) == len(SELECTORS)
+    for section in (RLRunParams, SFTRunParams):
+        assert set(typing.get_args(typing.get_type_hints(section)["packing"])) == set(PACKINGS)
+
+
+def test_an_unregistered_variant_name_fails_with_the_valid_names():
+    raw = raw_params()
+    raw["rl"]["runs"]["dash"]["loss_agg"] = "token_mean"
+    with pytest.raises(ParamsError, match=r"rl.runs.dash.loss_agg: 'token_mean': unknown \(valid: bnpo, dr_grpo, grpo\)"):
+        from_mapping(Params, raw, where="params.yaml")

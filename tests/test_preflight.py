@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from dashrl import preflight
-from dashrl.params import load_params
-from dashrl.profiles import apply_profile
+from dashrl.config.params import load_params
+from dashrl.config.profiles import apply_profile
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashrl.params import ParamsError, load_params
-from dashrl.profiles import apply_profile, main, merge
+from dashrl.config.params import ParamsError, load_params
+from dashrl.config.profiles import apply_profile, main, merge
 
 REPO = Path(__file__).resolve().parents[1]
 MATRIX = ["base", "sft_h", "sft_m", "dash", "grpo", "no_gf", "no_kl", "ppo_multi", "ppo_mini"]
@@ -91,7 +91,7 @@ def test_cli_dry_run_prints_and_writes_nothing(repo_copy, capsys, monkeypatch):
 def test_seeds_profile_repeats_dash_and_grpo_as_explicit_runs(repo_copy):
     apply_profile(repo_copy / "params.yaml", [repo_copy / "profiles/seeds.yaml"])
     text = (repo_copy / "params.yaml").read_text()
-    assert "repeat" not in yaml.safe_load(text)  # read by dashrl.profiles, never written
+    assert "repeat" not in yaml.safe_load(text)  # read by dashrl.config.profiles, never written
     params = load_params(repo_copy / "params.yaml")
     assert list(params.rl.runs) == ["dash", "dash-s1", "dash-s2", "grpo", "grpo-s1", "grpo-s2"]
     assert params.evaluate.models == ["base", "sft_h", "dash", "dash-s1", "dash-s2", "grpo", "grpo-s1", "grpo-s2"]

@@ -18,13 +18,9 @@ import pytest
 import torch
 
 import dashrl.rl
+from dashrl.algo.losses import batch_logprobs, completion_logprobs, get_loss_agg
 from dashrl.arith import generate_arith
-from dashrl.data import write_problems
-from dashrl.engines import make_engine
-from dashrl.infra.files import read_jsonl
-from dashrl.losses import batch_logprobs, completion_logprobs, get_loss_agg
-from dashrl.models import load_model, load_tokenizer
-from dashrl.params import (
+from dashrl.config.params import (
     GraderParams,
     ParamsError,
     PromptParams,
@@ -33,6 +29,10 @@ from dashrl.params import (
     from_mapping,
     min_nonzero_abs_advantage,
 )
+from dashrl.data import write_problems
+from dashrl.engines import make_engine
+from dashrl.infra.files import read_jsonl
+from dashrl.models import load_model, load_tokenizer
 from dashrl.rewards import Grade
 from dashrl.rl import (
     Sample,

@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 import torch
 
+from dashrl.config.params import PromptParams
 from dashrl.infra.seeds import derive_seed
 from dashrl.models import load_model, load_tokenizer, render_prompt
-from dashrl.params import PromptParams
 from dashrl.rollout import Completion, GenerationStats, HFEngine, SamplingConfig, ShardedEngine
 
 PROMPT = PromptParams(format="chat", instruction="Box it.", system_prompt=None)

@@ -20,7 +20,8 @@ import time
 import pytest
 
 from dashrl import sandbox_runner
-from dashrl.sandbox import SandboxJob, SandboxLimits, _parse_verdict, run_job, run_programs
+from dashrl.config.params import SandboxLimits
+from dashrl.sandbox import SandboxJob, _parse_verdict, run_job, run_programs
 
 LIMITS = SandboxLimits(timeout_s=4.0, cpu_s=4, memory_mb=512, file_size_mb=4, max_processes=8, workers=2)
 ADD_TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n"

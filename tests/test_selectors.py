@@ -22,13 +22,13 @@ import torch
 from test_rl import build_run, make_cfg, run_train
 
 import dashrl.rl
-from dashrl.advantages import group_advantages
+from dashrl.algo.advantages import group_advantages
 from dashrl.checkpoints import restore_checkpoint, save_checkpoint
+from dashrl.config.params import ParamsError, check_rl_run, load_params
+from dashrl.config.profiles import apply_profile
 from dashrl.data import write_problems
 from dashrl.infra.distributed import SINGLE
 from dashrl.infra.files import read_jsonl
-from dashrl.params import ParamsError, check_rl_run, load_params
-from dashrl.profiles import apply_profile
 from dashrl.rewards import Grade
 from dashrl.rl import Sample, rl_step
 from dashrl.rl_run import PromptSchedule

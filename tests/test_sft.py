@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from dashrl.batching import pack_sequences
+from dashrl.algo.batching import pack_sequences
+from dashrl.config.params import GraderParams, PromptParams
 from dashrl.models import load_model, load_tokenizer
-from dashrl.params import GraderParams, PromptParams
 from dashrl.rollout import Completion, GenerationStats, SamplingConfig
 from dashrl.sft import (
     Example,

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from dashrl.config.params import load_params
 from dashrl.data import ProblemDataError, read_problems
-from dashrl.params import load_params
 from stages import evaluate as evaluate_stage
 from stages import model as model_stage
 from stages import prepare as prepare_stage

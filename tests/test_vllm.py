@@ -26,12 +26,12 @@ from conftest import save_model_dir  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import dashrl.rl  # noqa: E402
+from dashrl.algo.losses import completion_logprobs  # noqa: E402
 from dashrl.arith import generate_arith  # noqa: E402
+from dashrl.config.params import GraderParams, PromptParams, check_rl_run, load_params  # noqa: E402
 from dashrl.engines import make_engine  # noqa: E402
 from dashrl.infra.seeds import derive_seed  # noqa: E402
-from dashrl.losses import completion_logprobs  # noqa: E402
 from dashrl.models import load_model, load_tokenizer  # noqa: E402
-from dashrl.params import GraderParams, PromptParams, check_rl_run, load_params  # noqa: E402
 from dashrl.rewards import Grade  # noqa: E402
 from dashrl.rl import rl_step  # noqa: E402
 from dashrl.rl_run import PromptSchedule, RLRun, lr_lambda  # noqa: E402

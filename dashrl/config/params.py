@@ -20,11 +20,38 @@ from typing import Any, Literal
 
 import yaml
 
-from dashrl.sandbox import SandboxLimits
-
 
 class ParamsError(ValueError):
     """A params.yaml section is malformed: names the file, the key and the value."""
+
+
+# Names of the registered variants that params may choose. The registries live with their code
+# (dashrl.algo.losses.LOSS_AGGREGATIONS, dashrl.rl.selectors.SELECTORS); the config knows only the
+# names, and tests/test_params.py pins these tuples to the registries' keys.
+LOSS_AGG_NAMES = ("grpo", "bnpo", "dr_grpo")
+SELECTOR_NAMES = ("none", "dapo", "pods", "greso")
+# The code sandbox runs each job under one of this many dedicated uids (dashrl.grading.sandbox):
+# at most this many jobs can be in flight.
+SANDBOX_UID_SLOTS = 60
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Per-program limits of the code sandbox (params.yaml ``grader.code``; dashrl.grading.sandbox)."""
+
+    timeout_s: float = 10.0  # wall clock for the whole job (start, load, all tests)
+    cpu_s: int = 10  # CPU seconds per process
+    memory_mb: int = 1024  # address space of the candidate (the tester gets twice this)
+    file_size_mb: int = 16  # largest file the candidate may write
+    max_processes: int = 16  # processes the candidate's uid may have (fork bombs stop here)
+    workers: int = 2  # jobs in flight
+
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if not value > 0:
+                raise ValueError(f"sandbox limit {name} must be > 0, got {value!r}")
+        if self.workers > SANDBOX_UID_SLOTS:
+            raise ValueError(f"sandbox limit workers must be <= {SANDBOX_UID_SLOTS}, got {self.workers}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,7 +79,7 @@ class PromptParams:
 class GraderParams:
     require_box: bool  # math: True: only a final \boxed{...} answer counts (the paper's setting)
     timeout_s: float  # math: hard limit per graded answer
-    code: SandboxLimits = SandboxLimits()  # code: limits of each program's sandbox (dashrl.sandbox)
+    code: SandboxLimits = SandboxLimits()  # code: limits of each program's sandbox (dashrl.grading.sandbox)
 
 
 @dataclass(frozen=True)
@@ -159,7 +186,7 @@ class SFTRunParams:
     lr: float
     epochs: int
     batch_size: int  # sequences per optimizer step
-    packing: Literal["tree", "padded"]  # batch layout (dashrl.batching): tree packs several sequences per row
+    packing: Literal["tree", "padded"]  # batch layout (dashrl.algo.batching): tree packs several sequences per row
     max_length: int  # prompt + completion tokens; longer completions are cut
     train_dtype: Literal["auto", "float32", "bfloat16"]  # auto: bf16 autocast only where bf16 is native
     seed: int
@@ -187,7 +214,7 @@ class RLRunParams:
     prompts_per_step: int
     group_size: int  # G: completions per prompt
     micro_batch_size: int  # sequences per forward/backward pass
-    packing: Literal["tree", "padded"]  # micro-batch layout (dashrl.batching): tree shares each prompt
+    packing: Literal["tree", "padded"]  # micro-batch layout (dashrl.algo.batching): tree shares each prompt
     steps: int | None  # rollout steps; exactly one of steps / epochs
     epochs: float | None  # passes over the (level-filtered) training prompts
     # DASH: preemptive = the whole step's rollouts in one engine call; per_micro_batch = generate
@@ -469,9 +496,6 @@ def min_nonzero_abs_advantage(group_size: int, scale_rewards: bool, eps: float =
 
 def check_rl_run(run: RLRunParams, key: str) -> None:
     """Value checks of one RL run; each error names the key and the value."""
-    from dashrl.losses import LOSS_AGGREGATIONS  # registries; imported here to keep params import-light
-    from dashrl.selectors import SELECTORS
-
     def require(ok: bool, field: str, value: Any, why: str) -> None:
         if not ok:
             raise ParamsError(f"params.yaml: {key}.{field}: {value!r}: {why}")
@@ -493,7 +517,7 @@ def check_rl_run(run: RLRunParams, key: str) -> None:
     require(run.filter_threshold < smallest * (1 - 1e-5), "filter_threshold", run.filter_threshold,
             f"would drop samples with non-zero advantage: with group_size {g} and scale_rewards "
             f"{run.scale_rewards} the smallest non-zero |A| is {smallest:.4f}")
-    require(run.loss_agg in LOSS_AGGREGATIONS, "loss_agg", run.loss_agg, f"unknown (valid: {', '.join(sorted(LOSS_AGGREGATIONS))})")
+    require(run.loss_agg in LOSS_AGG_NAMES, "loss_agg", run.loss_agg, f"unknown (valid: {', '.join(sorted(LOSS_AGG_NAMES))})")
     require(run.kl_coef >= 0, "kl_coef", run.kl_coef, "must be >= 0")
     require(run.kl_coef == 0 or run.kl_reference is not None, "kl_reference", run.kl_reference,
             f"kl_coef {run.kl_coef} > 0 needs a reference model (kl_reference: init)")
@@ -522,7 +546,7 @@ def check_rl_run(run: RLRunParams, key: str) -> None:
     require(run.rollout_engines == 1 or run.engine == "hf" or run.vllm_tensor_parallel_size == 1, "rollout_engines",
             (run.rollout_engines, run.vllm_tensor_parallel_size),
             "several vLLM engines need vllm_tensor_parallel_size 1 (one GPU per engine)")
-    require(run.selector in SELECTORS, "selector", run.selector, f"unknown (valid: {', '.join(sorted(SELECTORS))})")
+    require(run.selector in SELECTOR_NAMES, "selector", run.selector, f"unknown (valid: {', '.join(sorted(SELECTOR_NAMES))})")
     require(run.selector == "none" or run.sampling == "preemptive", "selector", run.selector,
             "needs sampling: preemptive (a selector chooses among the whole step's rollouts)")
     require(run.dapo_max_rounds >= 1, "dapo_max_rounds", run.dapo_max_rounds,

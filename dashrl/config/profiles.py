@@ -1,11 +1,11 @@
 """Profiles: named sets of params.yaml overrides (``profiles/<name>.yaml``), applied in place.
 
-    python -m dashrl.profiles full                      # the paper's whole matrix on the embedded default
-    python -m dashrl.profiles paper --set model.source=Qwen/Qwen2.5-1.5B
-    python -m dashrl.profiles full --dry                # print the resulting params.yaml, write nothing
+    python -m dashrl.config.profiles full                      # the paper's whole matrix on the embedded default
+    python -m dashrl.config.profiles paper --set model.source=Qwen/Qwen2.5-1.5B
+    python -m dashrl.config.profiles full --dry                # print the resulting params.yaml, write nothing
 
 A profile is merged into ``params.yaml``: mappings merge key by key, lists and scalars replace.
-The result is validated with ``dashrl.params`` BEFORE anything is written, then written atomically
+The result is validated with ``dashrl.config.params`` BEFORE anything is written, then written atomically
 with its comments kept, so ``git diff params.yaml`` shows exactly what the profile changed and DVC
 reruns exactly the stages whose params changed. ``git checkout params.yaml`` restores the default.
 
@@ -37,8 +37,8 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
+from dashrl.config.params import Params, ParamsError, from_mapping
 from dashrl.infra.files import atomic_file
-from dashrl.params import Params, ParamsError, from_mapping
 
 
 def merge(base: Any, override: Any) -> Any:

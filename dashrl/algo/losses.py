@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from dashrl.batching import PackedBatch, TreeBatch
-from dashrl.sampling import sampling_logprobs
+from dashrl.algo.batching import PackedBatch, TreeBatch
+from dashrl.algo.sampling import sampling_logprobs
 
 LOGP_FLOOR = -1e4  # a token outside the current top-k / top-p set (no gradient flows through it)
 LOG_RATIO_MAX = 20.0  # rho = exp(l - l_old) is computed from a log-ratio clamped here (rho <= 4.9e8)
@@ -180,7 +180,7 @@ def completion_logprobs(
 def tree_completion_logprobs(
     model: PreTrainedModel, batch: TreeBatch, temperature: float, top_k: int = 0, top_p: float = 1.0
 ) -> torch.Tensor:
-    """The same log-probs from the tree layout (``dashrl.batching.pack_trees``). Returns (B, Tc), 0 at padding.
+    """The same log-probs from the tree layout (``dashrl.algo.batching.pack_trees``). Returns (B, Tc), 0 at padding.
 
     The decoder runs on the packed rows; the head only on the N positions that predict a completion
     token. Needs a model whose logits are ``lm_head(last hidden state)`` (Llama, Qwen2, SmolLM, ...).
@@ -200,7 +200,7 @@ def tree_completion_logprobs(
 def batch_logprobs(
     model: PreTrainedModel, batch: PackedBatch | TreeBatch, temperature: float, top_k: int = 0, top_p: float = 1.0
 ) -> torch.Tensor:
-    """Completion log-probs (B, Tc) of a batch in either layout (``dashrl.batching``), 0 at padding.
+    """Completion log-probs (B, Tc) of a batch in either layout (``dashrl.algo.batching``), 0 at padding.
 
     ``top_k`` 0 and ``top_p`` 1 give the temperature-only distribution (the KL reference's).
     """
