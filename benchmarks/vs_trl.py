@@ -57,7 +57,7 @@ def _peak_rss_mb() -> float:
 def _setup(params_path: str, run_name: str, dtype: str) -> tuple[Any, Any, Any, Any]:
     """(params, run cfg with the benchmark's geometry and ``dtype`` (resolved), problems, init_dir)."""
     from dashrl.config.params import check_rl_run, load_params
-    from dashrl.data import read_problems
+    from dashrl.data.schema import read_problems
     from stages import paths
 
     params = load_params(params_path)

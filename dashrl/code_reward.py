@@ -6,7 +6,7 @@ Algorithm, per (completion, answer):
    bare code). A block the completion opened but never closed (cut at ``max_new_tokens``) counts as
    a block, up to the end; code followed by a lone closing fence and prose (the reply forgot the
    opening fence, as small chat models do) counts as a block from the start. Nothing left after stripping: status ``no_code``, reward 0, no process.
-2) Program. ``prefix + "\\n" + code`` (the answer's code spec, ``dashrl.code_data.code_spec``; the
+2) Program. ``prefix + "\\n" + code`` (the answer's code spec, ``dashrl.data.code_tasks.code_spec``; the
    prefix is the HumanEval prompt for HumanEval, empty otherwise: the official convention, so the
    prompt's helper functions exist whether the model rewrote the function or continued it).
 3) Verdict. ``dashrl.sandbox.run_programs``: the task's own ``tests`` run in a trusted process and
@@ -29,8 +29,8 @@ import logging
 import re
 from collections.abc import Sequence
 
-from dashrl.code_data import CodeSpec, code_spec
 from dashrl.config.params import SandboxLimits
+from dashrl.data.code_tasks import CodeSpec, code_spec
 from dashrl.rewards import Grade
 from dashrl.sandbox import SandboxJob, run_programs
 

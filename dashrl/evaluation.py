@@ -16,7 +16,7 @@ import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
 from dashrl.config.params import GraderParams, PromptParams
-from dashrl.data import task_of
+from dashrl.data.loaders import task_of
 from dashrl.grading import count_statuses, grade_completions
 from dashrl.models import render_prompt
 from dashrl.rollout import RolloutEngine, SamplingConfig

@@ -1,6 +1,6 @@
 """One grader per task, shared by the RL reward and evaluation (and SFT-M's rejection sampling).
 
-A problem's task follows from its dataset (the ``source`` column, ``dashrl.data.task_of``):
+A problem's task follows from its dataset (the ``source`` column, ``dashrl.data.loaders.task_of``):
 
     math  dashrl.rewards.grade_batch        the final answer, math-verify equivalence
     code  dashrl.code_reward.grade_code_batch  the program passes the task's tests in the sandbox
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from dashrl.code_reward import CODE_STATUSES, grade_code_batch
 from dashrl.config.params import GraderParams
-from dashrl.data import task_of
+from dashrl.data.loaders import task_of
 from dashrl.rewards import STATUSES, Grade, grade_batch
 
 GradeFn = Callable[[Sequence[str], Sequence[str], GraderParams], list[Grade]]

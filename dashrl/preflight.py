@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from dashrl.code_data import MBPPPLUS_HUB_ID, humaneval_data_file
 from dashrl.config.params import Params, ParamsError, load_params
-from dashrl.data import HUB_IDS, ProblemDataError
+from dashrl.data.code_tasks import MBPPPLUS_HUB_ID, humaneval_data_file
+from dashrl.data.loaders import HUB_IDS
+from dashrl.data.schema import ProblemDataError
 
 
 def hub_reachable(repo_id: str, repo_type: str) -> str | None:

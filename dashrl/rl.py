@@ -73,7 +73,7 @@ from dashrl.algo.losses import (
 )
 from dashrl.checkpoints import latest_checkpoint, restore_checkpoint, run_fingerprint, save_checkpoint
 from dashrl.config.params import GraderParams, PromptParams, RLRunParams
-from dashrl.data import task_of
+from dashrl.data.loaders import task_of
 from dashrl.grading import grade_completions
 from dashrl.infra.distributed import SINGLE, World
 from dashrl.infra.progress import progress

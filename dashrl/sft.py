@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from dashrl.algo.batching import get_packing
 from dashrl.algo.losses import batch_logprobs
 from dashrl.config.params import GraderParams, PromptParams
-from dashrl.data import task_of
+from dashrl.data.loaders import task_of
 from dashrl.evaluation import evaluate
 from dashrl.infra.progress import progress
 from dashrl.infra.seeds import derive_seed

@@ -51,7 +51,7 @@ _DVC_FAILED = re.compile(r"^ERROR: failed to reproduce\b")
 # The stage command's exit status in that message (",\s*exited with -9": killed by signal 9).
 _DVC_CMD_STATUS = re.compile(r"\bfailed to run: .*, exited with (-?\d+)\s*$", re.DOTALL | re.MULTILINE)
 # A line that looks like a Python exception: "ValueError: msg", "torch.OutOfMemoryError: ...",
-# "dashrl.data.ProblemDataError: ...", "MemoryError", "SystemExit: 2". Not indented (traceback
+# "dashrl.data.schema.ProblemDataError: ...", "MemoryError", "SystemExit: 2". Not indented (traceback
 # context lines are), not dvc's "ERROR: ..." (all capitals) and not warnings.
 _EXCEPTION_LINE = re.compile(
     r"^(?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*)?(?:Error|Exception|Exit|Interrupt|Failed|Failure)(?::\s.*)?\s*$"

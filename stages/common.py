@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from dashrl.config.params import ParamsError
-from dashrl.data import read_problems
+from dashrl.data.schema import read_problems
 from dashrl.infra.progress import TqdmLoggingHandler
 from stages import paths
 

@@ -18,7 +18,7 @@ import logging
 import torch
 
 from dashrl.config.params import Params, load_params, section_dict
-from dashrl.data import read_problems
+from dashrl.data.schema import read_problems
 from dashrl.evaluation import evaluate, sampling_from, select_problems
 from dashrl.infra.files import atomic_dir, run_record, write_json
 from dashrl.infra.hardware import compute_record, resolve_dtype

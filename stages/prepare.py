@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-from dashrl.arith import generate_arith
-from dashrl.code_data import generate_pyfunc
 from dashrl.config.params import Params, load_params, section_dict
-from dashrl.data import load_problems, write_problems
+from dashrl.data.arith import generate_arith
+from dashrl.data.loaders import load_problems
+from dashrl.data.pyfunc import generate_pyfunc
+from dashrl.data.schema import write_problems
 from dashrl.infra.files import atomic_dir, run_record, write_json
 from dashrl.infra.hardware import compute_record
 from stages import paths

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from dashrl.config.params import Params, load_params
-from dashrl.data import task_of
+from dashrl.data.loaders import task_of
 from dashrl.infra.files import atomic_dir, read_jsonl, write_json
 from dashrl.reporting import (
     PAPER_TABLES,

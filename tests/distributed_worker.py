@@ -23,9 +23,9 @@ from test_rl import GRADER, PROMPT, make_cfg, parity_grade_batch
 
 import dashrl.rl
 import dashrl.rl_run
-from dashrl.arith import generate_arith
 from dashrl.config.params import check_rl_run
-from dashrl.data import write_problems
+from dashrl.data.arith import generate_arith
+from dashrl.data.schema import write_problems
 from dashrl.engines import make_engine
 from dashrl.infra.distributed import World, init_from_env, teardown
 from dashrl.models import load_tokenizer

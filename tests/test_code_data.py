@@ -1,4 +1,4 @@
-"""Tests of dashrl.code_data: the MBPP+ and HumanEval loaders, the pyfunc generator, the grading
+"""Tests of dashrl.data.code_tasks and dashrl.data.pyfunc: the MBPP+ and HumanEval loaders, the pyfunc generator, the grading
 contract of their code specs (programs run in a subprocess), the prepare stage, and task_of."""
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from dashrl.code_data import CodeSpec, code_spec, generate_pyfunc, paper_prompt
 from dashrl.config.params import load_params
-from dashrl.data import COLUMNS, ProblemDataError, load_problems, read_problems, task_of, write_problems
+from dashrl.data.code_tasks import CodeSpec, code_spec, paper_prompt
+from dashrl.data.loaders import load_problems, task_of
+from dashrl.data.pyfunc import generate_pyfunc
+from dashrl.data.schema import COLUMNS, ProblemDataError, read_problems, write_problems
 from stages import prepare as prepare_stage
 from tests.conftest import tiny_params_dict
 
@@ -375,18 +377,16 @@ def test_task_of_says_math_or_code():
         load_problems("mbpp", "test")
 
 
-def test_code_datasets_are_registered_after_importing_dashrl_data_alone():
-    """Either import order works (dashrl.data imports dashrl.code_data at its end)."""
-    for first in ("dashrl.data", "dashrl.code_data"):
-        code = (
-            f"import {first}\nfrom dashrl.data import load_problems, task_of\n"
-            "print(task_of('pyfunc'), len(load_problems('humaneval', 'test')))"
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-        assert result.stdout.split() == ["code", "164"], result.stderr[-2000:]
+def test_the_loader_table_is_complete_on_its_own_and_the_code_tasks_need_no_loader_or_generator():
+    """One explicit table: importing dashrl.data.loaders alone knows every dataset; the code tasks
+    import neither the table nor the pyfunc generator (no import cycle, no registration by import)."""
+    code = (
+        "import sys\nimport dashrl.data.code_tasks\n"
+        "print(sorted(m for m in ('dashrl.data.loaders', 'dashrl.data.pyfunc') if m in sys.modules))\n"
+        "from dashrl.data.loaders import load_problems, task_of\n"
+        "print(task_of('pyfunc'), len(load_problems('humaneval', 'test')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1]
+    )
+    assert result.stdout.split("\n")[:2] == ["[]", "code 164"], result.stderr[-2000:]

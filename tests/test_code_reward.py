@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dashrl.code_data import CodeSpec
 from dashrl.code_reward import CODE_STATUSES, extract_code, grade_code_batch
 from dashrl.config.params import GraderParams, SandboxLimits
-from dashrl.data import ProblemDataError
+from dashrl.data.code_tasks import CodeSpec
+from dashrl.data.schema import ProblemDataError
 from dashrl.grading import count_statuses, get_grader, grade_completions
 
 LIMITS = SandboxLimits(timeout_s=4.0, cpu_s=4, memory_mb=512, workers=2)
@@ -90,7 +90,7 @@ def test_grade_completions_dispatches_by_source_and_keeps_order():
 def test_every_humaneval_reference_passes_and_a_wrong_program_fails():
     """The sandbox's call-by-value protocol keeps the real HumanEval tests working: all 164
     canonical solutions pass (as a continuation of the prompt, as the release gives them)."""
-    from dashrl.data import load_problems
+    from dashrl.data.loaders import load_problems
 
     problems = load_problems("humaneval", "test")
     completions = [solution.removeprefix(prompt) for solution, prompt in zip(problems["solution"], problems["prompt"], strict=True)]

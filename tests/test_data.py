@@ -1,4 +1,4 @@
-"""Tests of dashrl.data and dashrl.arith: the arithmetic generator, the benchmark loaders on local files, validation, I/O."""
+"""Tests of dashrl.data (schema, loaders, generate) and dashrl.data.arith: the arithmetic generator, the benchmark loaders on local files, validation, I/O."""
 
 from __future__ import annotations
 
@@ -10,18 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import dashrl.arith
+import dashrl.data.arith
 import dashrl.infra.files
-from dashrl import data
-from dashrl.arith import generate_arith
-from dashrl.data import (
-    COLUMNS,
-    ProblemDataError,
-    load_problems,
-    read_problems,
-    validate_problems,
-    write_problems,
-)
+from dashrl.data import loaders
+from dashrl.data.arith import generate_arith
+from dashrl.data.loaders import load_problems
+from dashrl.data.schema import COLUMNS, ProblemDataError, read_problems, validate_problems, write_problems
 
 LEVELS = (1, 2, 3, 4, 5)
 _EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
@@ -147,8 +141,8 @@ def test_generate_arith_empty_and_bad_arguments():
 
 
 def test_generate_arith_gives_up_when_texts_run_out(monkeypatch):
-    few = dashrl.arith._Arith("What is 1 + 1?", ["1 + 1 = 2."], 2)
-    monkeypatch.setitem(dashrl.arith._LEVEL_GENERATORS, 1, lambda rng: few)
+    few = dashrl.data.arith._Arith("What is 1 + 1?", ["1 + 1 = 2."], 2)
+    monkeypatch.setitem(dashrl.data.arith._LEVEL_GENERATORS, 1, lambda rng: few)
     with pytest.raises(ValueError, match=r"could only generate 1 unique level-1 .* of the 2 requested"):
         generate_arith(n_train=0, n_test=2, levels=[1], seed=0)
 
@@ -259,8 +253,8 @@ def test_load_arith_reads_our_schema(tmp_path, arith):
 
 
 def test_hub_ids_name_every_public_benchmark():
-    assert set(data.HUB_IDS) == {"gsm8k", "math500", "math_train"}
-    assert data.HUB_IDS["gsm8k"] == "openai/gsm8k" and data.HUB_CONFIGS["gsm8k"] == "main"
+    assert set(loaders.HUB_IDS) == {"gsm8k", "math500", "math_train"}
+    assert loaders.HUB_IDS["gsm8k"] == "openai/gsm8k" and loaders.HUB_CONFIGS["gsm8k"] == "main"
 
 
 # ---------------------------------------------------------------------------------------------

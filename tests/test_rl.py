@@ -19,7 +19,6 @@ import torch
 
 import dashrl.rl
 from dashrl.algo.losses import batch_logprobs, completion_logprobs, get_loss_agg
-from dashrl.arith import generate_arith
 from dashrl.config.params import (
     GraderParams,
     ParamsError,
@@ -29,7 +28,8 @@ from dashrl.config.params import (
     from_mapping,
     min_nonzero_abs_advantage,
 )
-from dashrl.data import write_problems
+from dashrl.data.arith import generate_arith
+from dashrl.data.schema import write_problems
 from dashrl.engines import make_engine
 from dashrl.infra.files import read_jsonl
 from dashrl.models import load_model, load_tokenizer

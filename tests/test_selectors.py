@@ -26,7 +26,7 @@ from dashrl.algo.advantages import group_advantages
 from dashrl.checkpoints import restore_checkpoint, save_checkpoint
 from dashrl.config.params import ParamsError, check_rl_run, load_params
 from dashrl.config.profiles import apply_profile
-from dashrl.data import write_problems
+from dashrl.data.schema import write_problems
 from dashrl.infra.distributed import SINGLE
 from dashrl.infra.files import read_jsonl
 from dashrl.rewards import Grade

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dashrl.config.params import load_params
-from dashrl.data import ProblemDataError, read_problems
+from dashrl.data.schema import ProblemDataError, read_problems
 from stages import evaluate as evaluate_stage
 from stages import model as model_stage
 from stages import prepare as prepare_stage

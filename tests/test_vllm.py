@@ -27,8 +27,8 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import dashrl.rl  # noqa: E402
 from dashrl.algo.losses import completion_logprobs  # noqa: E402
-from dashrl.arith import generate_arith  # noqa: E402
 from dashrl.config.params import GraderParams, PromptParams, check_rl_run, load_params  # noqa: E402
+from dashrl.data.arith import generate_arith  # noqa: E402
 from dashrl.engines import make_engine  # noqa: E402
 from dashrl.infra.seeds import derive_seed  # noqa: E402
 from dashrl.models import load_model, load_tokenizer  # noqa: E402

