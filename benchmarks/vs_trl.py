@@ -7,7 +7,7 @@
 
 Both sides train the same initial model (``data/models/<init_from>``, e.g. the embedded
 SmolLM2-135M-Instruct) on the same prompts (dashrl's seeded schedule: step s gets the same 8
-problems in both), with the same reward (``dashrl.rewards.grade_batch``: math-verify), the same
+problems in both), with the same reward (``dashrl.grading.tasks.grade_completions``: math-verify), the same
 geometry (8 prompts x G = 8 completions per optimizer step, micro-batches of 8, 128 new tokens,
 temperature / top_p from the run) and the same objective (dr_grpo aggregation, beta from the run,
 group-scaled advantages, lr, grad clip, AdamW), in the same dtype: ``auto`` resolves as the
@@ -130,8 +130,8 @@ def trl_worker(conn, params_path: str, run_name: str, dtype: str, steps: int) ->
     from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from dashrl.grading.tasks import grade_completions
     from dashrl.models import load_tokenizer, render_prompt
-    from dashrl.rewards import grade_batch
     from dashrl.rl_run import PromptSchedule
 
     logging.basicConfig(level=logging.WARNING)
@@ -151,8 +151,7 @@ def trl_worker(conn, params_path: str, run_name: str, dtype: str, steps: int) ->
 
     def math_verify_reward(completions, answer, **_):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [g.reward for g in grade_batch(texts, list(answer), require_box=params.grader.require_box,
-                                              timeout_s=params.grader.timeout_s)]
+        return [g.reward for g in grade_completions(texts, list(answer), [cfg.dataset] * len(texts), params.grader)]
 
     out_dir = tempfile.mkdtemp(prefix="dashrl-bench-trl-")
     config = GRPOConfig(

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dashrl.config.params import GraderParams, PromptParams
 from dashrl.data.loaders import task_of
-from dashrl.grading import count_statuses, grade_completions
+from dashrl.grading.tasks import count_statuses, grade_completions
 from dashrl.models import render_prompt
 from dashrl.rollout import RolloutEngine, SamplingConfig
 

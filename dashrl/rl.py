@@ -8,7 +8,7 @@ One rollout step, in the paper's order (docs/algorithm.md §2-3), and in this fi
                  preemptive: the whole step in ONE engine call (DASH);
                  per_micro_batch: one engine call per micro-batch of whole groups, interleaved
                  with the backward passes (the paper's "standard GRPO").
-  2) reward      binary, with the evaluation grader (dashrl.grading); then the selector chooses
+  2) reward      binary, with the evaluation grader (dashrl.grading.tasks); then the selector chooses
                  what is trained (none: everything; dapo: informative groups, sampling more
                  prompts for the missing ones; pods: the max-variance G of each group).
   3) advantages  group-normalised over what is trained (dashrl.algo.advantages).
@@ -74,7 +74,7 @@ from dashrl.algo.losses import (
 from dashrl.checkpoints import latest_checkpoint, restore_checkpoint, run_fingerprint, save_checkpoint
 from dashrl.config.params import GraderParams, PromptParams, RLRunParams
 from dashrl.data.loaders import task_of
-from dashrl.grading import grade_completions
+from dashrl.grading.tasks import grade_completions
 from dashrl.infra.distributed import SINGLE, World
 from dashrl.infra.progress import progress
 from dashrl.infra.seeds import derive_seed

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 # This module is imported by dashrl.config.params (the registry checks rl.*.selector), so every stage runs
 # it: it imports no other project module, and sees an RL run, a completion, a grade and a sample
 # only through the attributes it reads (the Protocols below; dashrl.rl_run.RLRun, dashrl.rollout.
-# Completion, dashrl.rewards.Grade and dashrl.rl.Sample have them).
+# Completion, dashrl.grading.math_grader.Grade and dashrl.rl.Sample have them).
 
 class Run(Protocol):
     cfg: RLRunParams
@@ -69,7 +69,7 @@ class Group:
     level: int
     prompt_ids: list[int]
     completions: list[Any]  # n dashrl.rollout.Completion
-    grades: list[Any]  # their dashrl.rewards.Grade (.reward, .status)
+    grades: list[Any]  # their dashrl.grading.math_grader.Grade (.reward, .status)
     rewards: torch.Tensor  # (n,)
     chosen: list[int] = field(default_factory=list)  # completions trained (sample indices; all n unless pods)
     trained: bool = True  # False: generated, not trained (dapo: zero-variance or surplus groups)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from dashrl.grading import count_statuses
+from dashrl.grading.tasks import count_statuses
 
 if TYPE_CHECKING:
     from dashrl.rl import Sample

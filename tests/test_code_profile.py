@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dashrl.code_reward import CODE_STATUSES
 from dashrl.config.params import load_params
 from dashrl.config.profiles import apply_profile
+from dashrl.grading.code_grader import CODE_STATUSES
 from stages import evaluate as evaluate_stage
 from stages import model as model_stage
 from stages import prepare as prepare_stage

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from dashrl.code_reward import CODE_STATUSES, extract_code, grade_code_batch
 from dashrl.config.params import GraderParams, SandboxLimits
 from dashrl.data.code_tasks import CodeSpec
 from dashrl.data.schema import ProblemDataError
-from dashrl.grading import count_statuses, get_grader, grade_completions
+from dashrl.grading.code_grader import CODE_STATUSES, extract_code, grade_code_batch
+from dashrl.grading.tasks import count_statuses, get_grader, grade_completions
 
 LIMITS = SandboxLimits(timeout_s=4.0, cpu_s=4, memory_mb=512, workers=2)
 GRADER = GraderParams(require_box=False, timeout_s=5.0, code=LIMITS)

@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("dashrl", "stages")
 # Files started as scripts, not imported: the module on the left runs the file on the right.
-RUNS_AS_SCRIPT = {"dashrl/sandbox.py": ("dashrl/sandbox_runner.py",)}
+RUNS_AS_SCRIPT = {"dashrl/grading/sandbox.py": ("dashrl/grading/sandbox_runner.py",)}
 
 
 def module_file(name: str) -> str | None:
@@ -77,7 +77,7 @@ def test_every_stage_depends_on_the_modules_it_runs():
 def test_the_import_walk_sees_lazy_imports():
     """The walk must not be vacuous: rl imports vllm_engine inside a function, sandbox runs its runner."""
     runs = closure("stages/rl.py")
-    assert {"dashrl/rl.py", "dashrl/vllm_engine.py", "dashrl/sandbox_runner.py", "stages/common.py"} <= runs
+    assert {"dashrl/rl.py", "dashrl/vllm_engine.py", "dashrl/grading/sandbox_runner.py", "stages/common.py"} <= runs
 
 
 def write_deps() -> None:

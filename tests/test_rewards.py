@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dashrl import rewards
-from dashrl.rewards import Grade, count_statuses, extract_boxed, grade, grade_batch, math_reward
+from dashrl.grading import math_grader
+from dashrl.grading.math_grader import Grade, extract_boxed, grade, grade_batch, math_reward
+from dashrl.grading.tasks import count_statuses
 
 
 @pytest.mark.parametrize(
@@ -117,13 +118,13 @@ def test_a_verdict_comes_back_within_the_timeout_plus_a_margin(timeout_s):
 
 
 def test_math_reward_logs_failures(caplog):
-    with caplog.at_level("WARNING", logger="dashrl.rewards"):
+    with caplog.at_level("WARNING", logger="dashrl.grading.math_grader"):
         assert math_reward(r"\boxed{\frac{1}{}}", "7") == 0.0
     assert "parse_error" in caplog.text
 
 
 def test_docstring_examples():
-    assert doctest.testmod(rewards).failed == 0
+    assert doctest.testmod(math_grader).failed == 0
 
 
 def test_grade_batch_matches_grade_and_counts():
@@ -132,7 +133,7 @@ def test_grade_batch_matches_grade_and_counts():
     grades = grade_batch(completions, references)
     assert [g.status for g in grades] == [s for *_, s, _ in CASES]
     assert grades == [grade(c, r) for c, r in zip(completions, references, strict=True)]
-    counts = count_statuses(grades)
+    counts = count_statuses([g.status for g in grades], ["gsm8k"])
     assert counts == {"correct": 13, "wrong": 4, "no_answer": 1, "parse_error": 1, "timeout": 0}
     assert sum(counts.values()) == len(CASES)
     assert grade_batch([], []) == []
@@ -165,7 +166,7 @@ def _hang_on_marker(kind, text, reference, timeout_s):
 
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})  # a timer would not be delivered
         time.sleep(3600)
-    return rewards._grade_in_worker(kind, text, reference, timeout_s)
+    return math_grader._grade_in_worker(kind, text, reference, timeout_s)
 
 
 def test_hanging_answer_is_killed_and_the_rest_is_graded():
@@ -178,10 +179,10 @@ def test_hanging_answer_is_killed_and_the_rest_is_graded():
         r"\boxed{6}",
     ]
     references = ["1", "2", "3", "4", "5", "6"]
-    deadline = rewards._deadline_s(1)
-    assert deadline == 1 + rewards.DEADLINE_MARGIN_S <= 2
+    deadline = math_grader._deadline_s(1)
+    assert deadline == 1 + math_grader.DEADLINE_MARGIN_S <= 2
     start = time.perf_counter()
-    grades = rewards._grade_batch_with(
+    grades = math_grader._grade_batch_with(
         _hang_on_marker, completions, references, require_box=False, timeout_s=1
     )
     elapsed = time.perf_counter() - start
@@ -193,7 +194,7 @@ def test_hanging_answer_is_killed_and_the_rest_is_graded():
     # wall-clock bound is the feature here; generous margin): the replacement worker starts after.
     grade_batch([r"\boxed{1}"], ["1"])
     start = time.monotonic()
-    (hung,) = rewards._grade_batch_with(_hang_on_marker, [r"\boxed{HANG}"], ["2"], require_box=False, timeout_s=1)
+    (hung,) = math_grader._grade_batch_with(_hang_on_marker, [r"\boxed{HANG}"], ["2"], require_box=False, timeout_s=1)
     elapsed = time.monotonic() - start
     assert hung.status == "timeout" and deadline <= elapsed < 1 + 1.5, elapsed
     # The pool replaced the killed worker: grading works again.
@@ -206,11 +207,11 @@ def _crash_or_raise_on_marker(kind, text, reference, timeout_s):
         os._exit(3)
     if "RAISE" in text:
         raise KeyError("a bug in the grader")
-    return rewards._grade_in_worker(kind, text, reference, timeout_s)
+    return math_grader._grade_in_worker(kind, text, reference, timeout_s)
 
 
 def test_dead_worker_and_grader_bug():
-    grades = rewards._grade_batch_with(
+    grades = math_grader._grade_batch_with(
         _crash_or_raise_on_marker,
         [r"\boxed{CRASH}", r"\boxed{2}"],
         ["1", "2"],
@@ -221,7 +222,7 @@ def test_dead_worker_and_grader_bug():
     assert "worker died" in grades[0].detail
     # A bug in the grader is raised, not scored 0; the pool is rebuilt afterwards.
     with pytest.raises(RuntimeError, match="a bug in the grader"):
-        rewards._grade_batch_with(
+        math_grader._grade_batch_with(
             _crash_or_raise_on_marker, [r"\boxed{RAISE}"], ["1"], require_box=False, timeout_s=1
         )
     assert math_reward(r"\boxed{2}", "2") == 1.0
@@ -229,16 +230,16 @@ def test_dead_worker_and_grader_bug():
 
 def test_shutdown_and_restart():
     assert math_reward(r"\boxed{2}", "2") == 1.0
-    rewards.shutdown_grader()
-    assert not rewards._pool.started
+    math_grader.shutdown_grader()
+    assert not math_grader._pool.started
     assert math_reward(r"\boxed{2}", "2") == 1.0
 
 
 def test_import_is_cheap():
     code = (
-        "import sys, dashrl.rewards; "
+        "import sys, dashrl.grading.math_grader; "
         "assert not {'torch', 'sympy', 'math_verify'} & set(sys.modules), sorted(sys.modules); "
-        "assert not dashrl.rewards._pool.started"
+        "assert not dashrl.grading.math_grader._pool.started"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -249,4 +250,4 @@ def test_grading_a_large_batch():
     references = [str(2 * i) for i in range(100)] + [str(i / 2) for i in range(100)]
     grade_batch(completions[:4], references[:4])  # warm
     grades = grade_batch(completions, references)
-    assert count_statuses(grades)["correct"] == 200
+    assert count_statuses([g.status for g in grades], ["gsm8k"])["correct"] == 200

@@ -31,9 +31,9 @@ from dashrl.config.params import (
 from dashrl.data.arith import generate_arith
 from dashrl.data.schema import write_problems
 from dashrl.engines import make_engine
+from dashrl.grading.math_grader import Grade
 from dashrl.infra.files import read_jsonl
 from dashrl.models import load_model, load_tokenizer
-from dashrl.rewards import Grade
 from dashrl.rl import (
     Sample,
     backward,

@@ -1,4 +1,4 @@
-"""The code sandbox (dashrl.sandbox + dashrl/sandbox_runner.py): verdicts, isolation, hostile programs.
+"""The code sandbox (dashrl.grading.sandbox + dashrl/grading/sandbox_runner.py): verdicts, isolation, hostile programs.
 
 Every hostile program here is written so that getting away with it would make it "passed": the
 tests assert it is not, and that the host is unharmed (files kept, no connection made, no process
@@ -19,9 +19,9 @@ import time
 
 import pytest
 
-from dashrl import sandbox_runner
 from dashrl.config.params import SandboxLimits
-from dashrl.sandbox import SandboxJob, _parse_verdict, run_job, run_programs
+from dashrl.grading import sandbox_runner
+from dashrl.grading.sandbox import SandboxJob, _parse_verdict, run_job, run_programs
 
 LIMITS = SandboxLimits(timeout_s=4.0, cpu_s=4, memory_mb=512, file_size_mb=4, max_processes=8, workers=2)
 ADD_TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n"

@@ -27,9 +27,9 @@ from dashrl.checkpoints import restore_checkpoint, save_checkpoint
 from dashrl.config.params import ParamsError, check_rl_run, load_params
 from dashrl.config.profiles import apply_profile
 from dashrl.data.schema import write_problems
+from dashrl.grading.math_grader import Grade
 from dashrl.infra.distributed import SINGLE
 from dashrl.infra.files import read_jsonl
-from dashrl.rewards import Grade
 from dashrl.rl import Sample, rl_step
 from dashrl.rl_run import PromptSchedule
 from dashrl.rollout import Completion

@@ -2,12 +2,13 @@
 
 A problem's task follows from its dataset (the ``source`` column, ``dashrl.data.loaders.task_of``):
 
-    math  dashrl.rewards.grade_batch        the final answer, math-verify equivalence
-    code  dashrl.code_reward.grade_code_batch  the program passes the task's tests in the sandbox
+    math  dashrl.grading.math_grader.grade_batch       the final answer, math-verify equivalence
+    code  dashrl.grading.code_grader.grade_code_batch  the program passes the task's tests in the sandbox
 
-Graders are registered functions ``(completions, answers, grader_params) -> list[Grade]`` with the
-statuses they can give, looked up once per call; ``grade_completions`` grades a mixed batch, each
-completion with its own problem's grader, results in input order.
+This module is the one entry point to grading: ``grade_completions`` grades a mixed batch, each
+completion with its own problem's grader, results in input order; ``count_statuses`` counts the
+statuses of a batch. ``GRADERS`` is one explicit table (task -> the statuses the grader can give and
+its function ``(completions, answers, grader_params) -> list[Grade]``), looked up once per call.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from dashrl.code_reward import CODE_STATUSES, grade_code_batch
 from dashrl.config.params import GraderParams
 from dashrl.data.loaders import task_of
-from dashrl.rewards import STATUSES, Grade, grade_batch
+from dashrl.grading.code_grader import CODE_STATUSES, grade_code_batch
+from dashrl.grading.math_grader import STATUSES, Grade, grade_batch
 
 GradeFn = Callable[[Sequence[str], Sequence[str], GraderParams], list[Grade]]
 
@@ -30,33 +31,24 @@ class TaskGrader:
     grade: GradeFn
 
 
-_GRADERS: dict[str, TaskGrader] = {}
-
-
-def register_grader(task: str, statuses: Sequence[str]) -> Callable[[GradeFn], GradeFn]:
-    def register(fn: GradeFn) -> GradeFn:
-        if task in _GRADERS:
-            raise ValueError(f"a grader for task {task!r} is already registered")
-        _GRADERS[task] = TaskGrader(task, tuple(statuses), fn)
-        return fn
-
-    return register
-
-
-def get_grader(task: str) -> TaskGrader:
-    if task not in _GRADERS:
-        raise ValueError(f"no grader for task {task!r} (valid: {', '.join(sorted(_GRADERS))})")
-    return _GRADERS[task]
-
-
-@register_grader("math", STATUSES)
 def _grade_math(completions: Sequence[str], answers: Sequence[str], grader: GraderParams) -> list[Grade]:
     return grade_batch(completions, answers, require_box=grader.require_box, timeout_s=grader.timeout_s)
 
 
-@register_grader("code", CODE_STATUSES)
 def _grade_code(completions: Sequence[str], answers: Sequence[str], grader: GraderParams) -> list[Grade]:
     return grade_code_batch(completions, answers, limits=grader.code)
+
+
+GRADERS: dict[str, TaskGrader] = {
+    "math": TaskGrader("math", STATUSES, _grade_math),
+    "code": TaskGrader("code", CODE_STATUSES, _grade_code),
+}
+
+
+def get_grader(task: str) -> TaskGrader:
+    if task not in GRADERS:
+        raise ValueError(f"no grader for task {task!r} (valid: {', '.join(sorted(GRADERS))})")
+    return GRADERS[task]
 
 
 def grade_completions(

@@ -11,13 +11,13 @@ Algorithm, per (completion, reference):
 3) Equivalence. ``math_verify.verify(gold, answer)``: reward 1.0 if mathematically equal, else 0.0.
 
 Departures from calling math-verify directly (as open-r1 / TRL reward functions do):
-- Every math-verify call runs in a small pool of worker *processes* (``dashrl.worker_pool``: fresh
+- Every math-verify call runs in a small pool of worker *processes* (``dashrl.grading.worker_pool``: fresh
   interpreters started with ``subprocess``, never a fork of a torch process), in the worker's main
   thread. math-verify's timeouts use ``signal.alarm``, which raises ``ValueError`` in any non-main
   thread, so grading from a thread pool or a Prefect task would otherwise fail; here it works from
   any thread.
 - Errors are not folded into 0 silently: ``raise_on_error=True``, and each answer gets a status
-  (``correct | wrong | no_answer | parse_error | timeout``) that callers count (``count_statuses``).
+  (``correct | wrong | no_answer | parse_error | timeout``) that callers count (``dashrl.grading.tasks.count_statuses``).
 - One time budget per answer, ``timeout_s`` (float seconds), for all of its math-verify calls
   together (reference parse, answer parse, comparisons): the worker arms one interval timer for the
   whole answer and runs math-verify with its own per-call alarms off (they are whole seconds each,
@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dashrl.worker_pool import WorkerPool
+from dashrl.grading.worker_pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Grade:
     reward: 1.0 if the answer is equivalent to the reference, else 0.0.
     extracted: the answer text that was graded (the box content, or what math-verify extracted).
     boxed: whether the answer came in the task's answer format: a non-empty box (math), a fenced code
-        block (code, ``dashrl.code_reward``).
+        block (code, ``dashrl.grading.code_grader``).
     status: one of STATUSES.
     detail: why, for parse_error / timeout (exception type and message); None otherwise.
     """
@@ -280,7 +280,7 @@ def _grade_answer(kind: str, text: str, reference: str) -> tuple[str, str | None
 
 # ----------------------------------------------------------------------------- parent side: the workers
 
-# The grader's worker processes (dashrl.worker_pool), started on the first grade. Each imports
+# The grader's worker processes (dashrl.grading.worker_pool), started on the first grade. Each imports
 # math-verify before it takes answers, so the import does not count against an answer's deadline.
 _pool = WorkerPool(_DEFAULT_WORKERS, name="grader", warm_up=("math_verify",))
 
@@ -409,11 +409,3 @@ def math_reward(completion: str, reference: str, *, require_box: bool = False) -
             "math_reward: %s (%s) grading %r against %r", g.status, g.detail, g.extracted, reference
         )
     return g.reward
-
-
-def count_statuses(grades: Iterable[Grade]) -> dict[str, int]:
-    """Number of grades per status, every status present: {"correct": 3, "wrong": 1, ...}."""
-    counts = dict.fromkeys(STATUSES, 0)
-    for g in grades:
-        counts[g.status] += 1
-    return counts

@@ -9,7 +9,7 @@ Algorithm, per (completion, answer):
 2) Program. ``prefix + "\\n" + code`` (the answer's code spec, ``dashrl.data.code_tasks.code_spec``; the
    prefix is the HumanEval prompt for HumanEval, empty otherwise: the official convention, so the
    prompt's helper functions exist whether the model rewrote the function or continued it).
-3) Verdict. ``dashrl.sandbox.run_programs``: the task's own ``tests`` run in a trusted process and
+3) Verdict. ``dashrl.grading.sandbox.run_programs``: the task's own ``tests`` run in a trusted process and
    call the program's entry point in a separate, isolated process; reward 1.0 only for ``passed``.
 
 Statuses (``CODE_STATUSES``): passed | failed | timeout | syntax_error | no_code | sandbox_error.
@@ -31,8 +31,8 @@ from collections.abc import Sequence
 
 from dashrl.config.params import SandboxLimits
 from dashrl.data.code_tasks import CodeSpec, code_spec
-from dashrl.rewards import Grade
-from dashrl.sandbox import SandboxJob, run_programs
+from dashrl.grading.math_grader import Grade
+from dashrl.grading.sandbox import SandboxJob, run_programs
 
 logger = logging.getLogger(__name__)
 

@@ -79,7 +79,7 @@ def _serve(read_fd: int, write_fd: int, warm_up: Sequence[str] = ()) -> None:
 # ----------------------------------------------------------------------------- parent side
 
 _WORKER_BOOT = (
-    "import sys; from dashrl.worker_pool import _serve; "
+    "import sys; from dashrl.grading.worker_pool import _serve; "
     "_serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])"
 )
 

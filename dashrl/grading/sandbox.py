@@ -4,7 +4,7 @@
 
 Each job starts a fresh *tester* process (the task's trusted test code) in its own session, which
 starts a fresh *candidate* process (the program under test) with every isolation layer the machine
-allows; ``dashrl/sandbox_runner.py`` describes the two processes and the layers. This module adds
+allows; ``dashrl/grading/sandbox_runner.py`` describes the two processes and the layers. This module adds
 what only the trainer side can do:
 
 * a hard wall-clock deadline per job (``timeout_s``, covering start-up, loading and every test):

@@ -1,7 +1,7 @@
 """The two processes of one sandboxed program run. Standard library only: started as a script
 (``python -s -P -B sandbox_runner.py tester``), never imported by the trainer.
 
-    trainer (dashrl.sandbox)                      own session; killed as a group at the wall deadline
+    trainer (dashrl.grading.sandbox)                      own session; killed as a group at the wall deadline
       └─ tester     trusted: the task's test code   rlimits; network + PID namespace where possible
            └─ candidate  untrusted: the model's code rlimits, its own uid, no privileges,
                                                     PID 1 of the namespace, dies with the tester
