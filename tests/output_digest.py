@@ -20,8 +20,11 @@ Per file, by suffix:
   .png          existence only
   other         sha256 of the bytes
 Time and version fields (dropped everywhere): keys or columns named ``time*``/``*_time``,
-``*_s`` (seconds), ``*_per_s``, ``*_utc``, ``versions``, ``git_commit``, ``compute``, plus the
-progress/wall-clock keys listed in VOLATILE_KEYS. Everything else must match bit for bit.
+``*_s`` (seconds), ``*_per_s``, ``*_utc``, ``packages``, ``git_commit``, ``compute`` and the others
+in VOLATILE_KEYS; the rows and metrics of the report's training-time claims (findings whose
+comparison is a training time); seconds quoted in a report's notes ("at 2 s of training"). The
+temporary directory of a ``reduced`` run is written as ``<tmp>`` wherever it appears (the tiny
+model's path is a param). Everything else must match bit for bit.
 """
 
 from __future__ import annotations
@@ -39,29 +42,52 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # Keys whose values are times, speeds, machine or version facts: they differ between two identical runs.
-VOLATILE_KEYS = {"versions", "git_commit", "compute", "python", "platform", "hostname", "argv"}
+VOLATILE_KEYS = {"versions", "packages", "git_commit", "compute", "python", "platform", "hostname", "argv"}
 VOLATILE_PATTERN = re.compile(
     r"(^time|_time$|time_|_s$|_per_s$|_utc$|seconds|_sec$|^wall|_wall|elapsed|duration|timestamp|speed|tokens_per)",
     re.IGNORECASE,
 )
 
 
+SECONDS_IN_TEXT = re.compile(r"\b\d+(?:\.\d+)? s\b")
+TIME_COMPARISON = "training time"  # the findings' comparison of a time claim: "dash / grpo (training time)"
+# Set per digest: the temporary root to write as <tmp>, and the ids of the report's time claims.
+CONTEXT: dict[str, object] = {"root": None, "time_claims": set()}
+
+
 def volatile(key: str) -> bool:
     key = str(key).strip().lower()
+    if key.split(".")[0] in CONTEXT["time_claims"]:
+        return True
     return key in VOLATILE_KEYS or bool(VOLATILE_PATTERN.search(key.replace(" ", "_")))
 
 
+def _text(value: str) -> str:
+    root = CONTEXT["root"]
+    return value.replace(str(root), "<tmp>") if root else value
+
+
 def _canonical(value):
-    """JSON-ready value with volatile keys dropped and floats written exactly (repr)."""
+    """JSON-ready value with volatile keys dropped, floats written exactly (repr), the temp root masked."""
     if isinstance(value, dict):
-        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0])) if not volatile(k)}
+        return {_text(str(k)): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0])) if not volatile(k)}
     if isinstance(value, (list, tuple)):
         return [_canonical(v) for v in value]
     if isinstance(value, float):
         return "nan" if math.isnan(value) else repr(value)
+    if isinstance(value, str):
+        return _text(value)
     if hasattr(value, "tolist"):  # numpy scalars and arrays
         return _canonical(value.tolist())
     return value
+
+
+def _time_claim_row(cells) -> bool:
+    return any(isinstance(c, str) and TIME_COMPARISON in c for c in cells)
+
+
+# Columns of a findings row that come from the claim's definition, not from the runs.
+CLAIM_COLUMNS = {"id", "claim", "benchmark", "comparison", "paper", "rule", "method", "seeds"}
 
 
 def _sha(data: bytes | str) -> str:
@@ -71,23 +97,29 @@ def _sha(data: bytes | str) -> str:
 def _frame_digest(frame) -> str:
     kept = [c for c in frame.columns if not volatile(c)]
     rows = frame[kept].to_dict(orient="records")
+    rows = [{k: (v if k in CLAIM_COLUMNS else None) for k, v in r.items()} if _time_claim_row(r.values()) else r
+            for r in rows]
     return _sha(json.dumps({"columns": [str(c) for c in kept], "rows": _canonical(rows)}, sort_keys=True))
 
 
 def _markdown_digest(text: str) -> str:
     """Blank the cells of table columns whose header is a time; everything else verbatim."""
-    out, header = [], None
-    for line in text.splitlines():
+    out, header, names = [], None, None
+    for line in _text(text).splitlines():
         if line.startswith("|"):
             cells = line.strip().strip("|").split("|")
             if header is None:
+                names = [c.strip() for c in cells]
                 header = [volatile(c) or "time" in c.lower() or "(s)" in c or " s]" in c for c in cells]
             elif len(cells) == len(header):
+                if _time_claim_row(cells):
+                    header_row = [n not in CLAIM_COLUMNS for n in names]
+                    cells = ["" if drop else c for c, drop in zip(cells, header_row, strict=True)]
                 cells = ["" if drop else c for c, drop in zip(cells, header, strict=True)]
             out.append("|".join(cells))
         else:
             header = None
-            out.append(line)
+            out.append(SECONDS_IN_TEXT.sub("<t> s", line))
     return _sha("\n".join(out))
 
 
@@ -111,9 +143,18 @@ def file_digest(path: Path) -> str:
     return _sha(path.read_bytes())
 
 
-def digest_dir(data: Path, skip: tuple[str, ...] = ("work",)) -> dict[str, str]:
+def digest_dir(data: Path, skip: tuple[str, ...] = ("work",), root: Path | None = None) -> dict[str, str]:
     """Digest of every file under ``data`` (relative path -> digest); ``skip``: top folders left out
-    (``work``: checkpoints of runs in progress, removed when a run finishes)."""
+    (``work``: checkpoints of runs in progress, removed when a run finishes); ``root``: a temporary
+    directory written as <tmp>."""
+    import pandas as pd
+
+    findings = data / "report" / "findings.csv"
+    time_claims = set()
+    if findings.is_file():
+        frame = pd.read_csv(findings)
+        time_claims = {row["id"] for row in frame.to_dict(orient="records") if _time_claim_row(row.values())}
+    CONTEXT.update(root=root, time_claims=time_claims)
     found = {}
     for path in sorted(p for p in data.rglob("*") if p.is_file()):
         rel = path.relative_to(data)
@@ -151,7 +192,7 @@ def reduced_pipeline_digest(keep: Path | None = None) -> dict[str, str]:
         repo, env = make_dvc_repo(repo, raw, model_dir)
         ran = stages_run(run_cmd([*DVC, "repro"], repo, env, timeout=3600))
         print(f"dvc repro ran {len(ran)} stages: {', '.join(sorted(ran))}", file=sys.stderr)
-        return digest_dir(repo / "data")
+        return digest_dir(repo / "data", root=Path(tmp))
 
 
 def compare(a: dict[str, str], b: dict[str, str]) -> list[str]:
