@@ -69,9 +69,9 @@ def main() -> None:
     from dashrl.algo.batching import get_packing
     from dashrl.algo.losses import batch_logprobs
     from dashrl.algo.sampling import sample_tokens
+    from dashrl.engines.hf import PreallocatedLayer
     from dashrl.infra.hardware import compute_record, resolve_dtype
     from dashrl.models import load_model
-    from dashrl.rollout import PreallocatedLayer
 
     dtype = resolve_dtype(args.dtype, "cpu")
     record = compute_record("cpu", dtype=dtype)

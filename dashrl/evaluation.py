@@ -17,9 +17,9 @@ from transformers import PreTrainedTokenizerBase
 
 from dashrl.config.params import GraderParams, PromptParams
 from dashrl.data.loaders import task_of
+from dashrl.engines.base import RolloutEngine, SamplingConfig
 from dashrl.grading.tasks import count_statuses, grade_completions
 from dashrl.models import render_prompt
-from dashrl.rollout import RolloutEngine, SamplingConfig
 
 RESULT_COLUMNS = (
     "id", "sample", "level", "prompt", "completion", "answer", "extracted", "reward",

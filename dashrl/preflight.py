@@ -44,7 +44,7 @@ def problems(params: Params, check_hub: bool = True) -> list[str]:
     for key, engine in engines.items():
         if engine != "vllm":
             continue
-        from dashrl.vllm_engine import vllm_device_error
+        from dashrl.engines.vllm import vllm_device_error
 
         problem = vllm_device_error()
         if problem:

@@ -44,7 +44,7 @@ How it departs from the authors' code (a patched TRL GRPOTrainer, docs/algorithm
 
 All state is explicit in ``RLRun``; ``rl_step`` is the whole algorithm, and ``train`` runs it step
 after step. What is not the algorithm lives beside it: ``dashrl.rl_run`` (the run's state and how it
-is built: prompt schedule, models, optimizer), ``dashrl.engines`` (which rollout engine samples, on
+is built: prompt schedule, models, optimizer), ``dashrl.engines.factory`` (which rollout engine samples, on
 which device), ``dashrl.checkpoints`` (save and resume), ``dashrl.run_log`` (metrics.jsonl and the
 rollout files), ``dashrl.step_metrics`` (what each step reports) and ``dashrl.selectors`` (the
 registered sample selectors, called at 0, 1, 2 and 8).
@@ -74,13 +74,13 @@ from dashrl.algo.losses import (
 from dashrl.checkpoints import latest_checkpoint, restore_checkpoint, run_fingerprint, save_checkpoint
 from dashrl.config.params import GraderParams, PromptParams, RLRunParams
 from dashrl.data.loaders import task_of
+from dashrl.engines.base import Completion, SamplingConfig
 from dashrl.grading.tasks import grade_completions
 from dashrl.infra.distributed import SINGLE, World
 from dashrl.infra.progress import progress
 from dashrl.infra.seeds import derive_seed
 from dashrl.models import render_prompt
 from dashrl.rl_run import RLRun, build_run, resolve_dtypes
-from dashrl.rollout import Completion, SamplingConfig
 from dashrl.run_log import record_step, start_work_dir
 from dashrl.selectors import Group
 from dashrl.step_metrics import PhaseTimer, gather_step, rollout_frame, step_metrics

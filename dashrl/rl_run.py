@@ -4,7 +4,7 @@ frozen reference, the optimizer and its schedule, the rollout engine, the sample
 ``dashrl.rl`` is the algorithm (one step, and the loop over steps); everything it touches is the
 ``RLRun`` built here, passed explicitly. ``build_run`` is where a run's configuration turns into
 objects: dtypes resolved for the device (``dashrl.infra.hardware``), the processes checked
-(``dashrl.infra.distributed``), the engine chosen (``dashrl.engines``).
+(``dashrl.infra.distributed``), the engine chosen (``dashrl.engines.factory``).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dashrl.algo.losses import LossAggregation, get_loss_agg
 from dashrl.config.params import GraderParams, PromptParams, RLRunParams
-from dashrl.engines import make_engine
+from dashrl.engines.base import RolloutEngine
+from dashrl.engines.factory import make_engine
 from dashrl.infra.distributed import SINGLE, World
 from dashrl.infra.hardware import resolve_dtype
 from dashrl.infra.seeds import PROMPT_ORDER_SALT, derive_seed
 from dashrl.models import load_model
-from dashrl.rollout import RolloutEngine
 from dashrl.selectors import Selector, get_selector
 
 log = logging.getLogger(__name__)

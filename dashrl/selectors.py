@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 # This module is imported by dashrl.config.params (the registry checks rl.*.selector), so every stage runs
 # it: it imports no other project module, and sees an RL run, a completion, a grade and a sample
-# only through the attributes it reads (the Protocols below; dashrl.rl_run.RLRun, dashrl.rollout.
+# only through the attributes it reads (the Protocols below; dashrl.rl_run.RLRun, dashrl.engines.hf.
 # Completion, dashrl.grading.math_grader.Grade and dashrl.rl.Sample have them).
 
 class Run(Protocol):
@@ -68,7 +68,7 @@ class Group:
     problem_id: str
     level: int
     prompt_ids: list[int]
-    completions: list[Any]  # n dashrl.rollout.Completion
+    completions: list[Any]  # n dashrl.engines.base.Completion
     grades: list[Any]  # their dashrl.grading.math_grader.Grade (.reward, .status)
     rewards: torch.Tensor  # (n,)
     chosen: list[int] = field(default_factory=list)  # completions trained (sample indices; all n unless pods)

@@ -29,11 +29,11 @@ from dashrl.algo.batching import get_packing
 from dashrl.algo.losses import batch_logprobs
 from dashrl.config.params import GraderParams, PromptParams
 from dashrl.data.loaders import task_of
+from dashrl.engines.base import RolloutEngine, SamplingConfig
 from dashrl.evaluation import evaluate
 from dashrl.infra.progress import progress
 from dashrl.infra.seeds import derive_seed
 from dashrl.models import render_prompt
-from dashrl.rollout import RolloutEngine, SamplingConfig
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ import torch
 
 from dashrl.config.params import Params, load_params, section_dict
 from dashrl.data.schema import read_problems
+from dashrl.engines.factory import make_sampling_engine
 from dashrl.evaluation import evaluate, sampling_from, select_problems
 from dashrl.infra.files import atomic_dir, run_record, write_json
 from dashrl.infra.hardware import compute_record, resolve_dtype
-from dashrl.models import default_device, load_model, load_tokenizer
-from dashrl.rollout import HFEngine
+from dashrl.models import default_device, load_tokenizer
 from stages import paths
 from stages.common import setup_logging
 
@@ -50,18 +50,9 @@ def main(params: Params, model: str, benchmark: str, pass_k: bool = False) -> No
     tokenizer = load_tokenizer(model_path)
     device = default_device()
     dtype = resolve_dtype(gen.dtype, device)
-    if gen.engine == "vllm":
-        from dashrl.vllm_engine import VLLMEngine, vllm_device_error
-
-        problem = vllm_device_error()
-        if problem:
-            raise RuntimeError(f"params.yaml: evaluate.generation.engine: vllm cannot run here: {problem}; use engine: hf")
-        # Evaluation runs alone: vLLM may take most of the GPU (its own default share, 0.9).
-        engine = VLLMEngine.from_model_dir(model_path, tokenizer, dtype=dtype, max_num_seqs=gen.batch_size,
-                                           gpu_memory_utilization=0.9, seed=gen.seed)
-    else:
-        engine = HFEngine(load_model(model_path, dtype=dtype, device=device), tokenizer, max_batch_rows=gen.batch_size,
-                          progress_label=f"{'passk' if pass_k else 'evaluate'}@{model}-{benchmark}")
+    engine = make_sampling_engine(gen.engine, model_path, tokenizer, dtype=dtype, device=device,
+                                  max_batch_rows=gen.batch_size, seed=gen.seed, key="evaluate.generation.engine",
+                                  progress_label=f"{'passk' if pass_k else 'evaluate'}@{model}-{benchmark}")
     log.info("evaluating %s on %s: %d problems x %d samples, %s", model, benchmark, len(problems), gen.samples_per_problem, dtype)
     rows, metrics = evaluate(
         problems,

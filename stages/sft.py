@@ -23,11 +23,12 @@ import pandas as pd
 import torch
 
 from dashrl.config.params import Params, SFTRunParams, load_params, section_dict
+from dashrl.engines.base import SamplingConfig
+from dashrl.engines.factory import make_sampling_engine
 from dashrl.infra.files import atomic_dir, atomic_file, dir_sha256, run_record, write_json
 from dashrl.infra.hardware import compute_record, resolve_dtype
 from dashrl.models import default_device, load_model, load_tokenizer, materialise_model
 from dashrl.reporting import plot_sft_loss
-from dashrl.rollout import HFEngine, SamplingConfig
 from dashrl.sft import Example, reference_examples, rejection_sampled_examples, sft_train
 from stages import paths
 from stages.common import setup_logging, training_inputs
@@ -95,8 +96,9 @@ def teacher_examples(cfg: SFTRunParams, params: Params, problems: pd.DataFrame, 
         teacher_dir = resolve_teacher(cfg.teacher, init_dir, Path(scratch) / "teacher")
         tokenizer = load_tokenizer(teacher_dir)
         device = default_device()
-        engine = HFEngine(load_model(teacher_dir, dtype=resolve_dtype("auto", device), device=device), tokenizer,
-                          max_batch_rows=cfg.sampling_batch_rows, progress_label=f"sft@{run_name} teacher samples")
+        engine = make_sampling_engine("hf", teacher_dir, tokenizer, dtype=resolve_dtype("auto", device), device=device,
+                                      max_batch_rows=cfg.sampling_batch_rows, seed=cfg.seed, key="sft.common",
+                                      progress_label=f"sft@{run_name} teacher samples")
         examples = rejection_sampled_examples(problems, engine=engine, tokenizer=tokenizer, prompt=params.prompt,
                                               grader=params.grader, sampling=sampling, samples_per_problem=cfg.samples_per_problem)
     if not examples:

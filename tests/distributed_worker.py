@@ -26,12 +26,12 @@ import dashrl.rl_run
 from dashrl.config.params import check_rl_run
 from dashrl.data.arith import generate_arith
 from dashrl.data.schema import write_problems
-from dashrl.engines import make_engine
+from dashrl.engines.base import Completion, GenerationStats, SamplingConfig
+from dashrl.engines.factory import make_engine
 from dashrl.infra.distributed import World, init_from_env, teardown
 from dashrl.models import load_tokenizer
 from dashrl.rl import StepOutput, rl_step, train
 from dashrl.rl_run import RLRun, build_run
-from dashrl.rollout import Completion, GenerationStats, SamplingConfig
 
 # 8 prompts x G = 4 per step: 4 prompts (16 sequences, 4 micro-batches of 4) per rank with 2 ranks.
 # SGD's lr is large, so that updates stand far above float32 rounding of the weights (~1e-9).

@@ -1,4 +1,4 @@
-"""Engine selection in ``dashrl.engines.make_engine`` (default suite: no vllm needed)."""
+"""Engine selection in ``dashrl.engines.factory.make_engine`` (default suite: no vllm needed)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,22 @@ from pathlib import Path
 import pytest
 import torch
 
-import dashrl.engines
-import dashrl.vllm_engine
+import dashrl.engines.factory
+import dashrl.engines.vllm
 from dashrl.config.params import load_params
-from dashrl.engines import make_engine, rollout_gpus
+from dashrl.engines.base import SamplingConfig, ShardedEngine
+from dashrl.engines.factory import make_engine, rollout_gpus
+from dashrl.engines.hf import HFEngine
+from dashrl.engines.vllm import VLLMEngine, physical_gpu
 from dashrl.infra.distributed import World
 from dashrl.models import load_model, load_tokenizer
-from dashrl.rollout import HFEngine, SamplingConfig, ShardedEngine
-from dashrl.vllm_engine import VLLMEngine, physical_gpu
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def no_vllm(monkeypatch):
-    monkeypatch.setattr(dashrl.vllm_engine, "vllm_available", lambda: False)
+    monkeypatch.setattr(dashrl.engines.vllm, "vllm_available", lambda: False)
 
 
 def run_cfg(**overrides):
@@ -40,7 +41,7 @@ def test_engine_vllm_without_vllm_is_an_error_naming_the_param(tiny_model_dir, n
 
 def test_auto_without_vllm_picks_hf_and_logs_it(tiny_model_dir, no_vllm, caplog):
     policy, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
-    with caplog.at_level(logging.INFO, logger="dashrl.engines"):
+    with caplog.at_level(logging.INFO, logger="dashrl.engines.factory"):
         engine = make_engine(run_cfg(engine="auto", rollout_dtype="float32"), policy, tokenizer)
     assert isinstance(engine, HFEngine) and engine.model is policy
     assert "engine: auto -> hf" in caplog.text
@@ -49,10 +50,10 @@ def test_auto_without_vllm_picks_hf_and_logs_it(tiny_model_dir, no_vllm, caplog)
 
 
 def test_auto_with_vllm_but_no_gpu_picks_hf(tiny_model_dir, monkeypatch, caplog):
-    monkeypatch.setattr(dashrl.vllm_engine, "vllm_available", lambda: True)
+    monkeypatch.setattr(dashrl.engines.vllm, "vllm_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     policy, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
-    with caplog.at_level(logging.INFO, logger="dashrl.engines"):
+    with caplog.at_level(logging.INFO, logger="dashrl.engines.factory"):
         engine = make_engine(run_cfg(engine="auto"), policy, tokenizer)
     assert isinstance(engine, HFEngine)
     assert "engine: auto -> hf" in caplog.text
@@ -61,7 +62,7 @@ def test_auto_with_vllm_but_no_gpu_picks_hf(tiny_model_dir, monkeypatch, caplog)
 def test_several_hf_engines_share_the_batch(tiny_model_dir, no_vllm, caplog, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # CPU engines (GPU placement: below)
     policy, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
-    with caplog.at_level(logging.INFO, logger="dashrl.engines"):
+    with caplog.at_level(logging.INFO, logger="dashrl.engines.factory"):
         engine = make_engine(run_cfg(engine="hf", rollout_dtype="float32", rollout_engines=2), policy, tokenizer)
     assert isinstance(engine, ShardedEngine) and len(engine.engines) == 2
     first, second = engine.engines
@@ -97,7 +98,7 @@ def test_several_vllm_engines_pinned_ones_first(tiny_model_dir, monkeypatch):
         built.append(device_ids)
         return RecordingVLLM(device_ids)
 
-    monkeypatch.setattr(dashrl.engines, "_make_vllm_engine", fake_vllm_engine)
+    monkeypatch.setattr(dashrl.engines.factory, "_make_vllm_engine", fake_vllm_engine)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     policy, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)

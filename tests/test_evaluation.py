@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from dashrl.config.params import GraderParams, PromptParams
+from dashrl.engines.base import Completion, GenerationStats, SamplingConfig
 from dashrl.evaluation import evaluate, pass_at_k, pass_k_values
-from dashrl.rollout import Completion, GenerationStats, SamplingConfig
 
 PROMPT = PromptParams(format="chat", instruction="Box it.", system_prompt=None)
 GRADER = GraderParams(require_box=False, timeout_s=5.0)

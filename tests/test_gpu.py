@@ -27,7 +27,7 @@ from test_rl import (
 
 from dashrl.algo.losses import batch_logprobs
 from dashrl.config.params import load_params
-from dashrl.engines import make_engine
+from dashrl.engines.factory import make_engine
 from dashrl.infra.distributed import init_from_env
 from dashrl.infra.hardware import compute_record, resolve_dtype
 from dashrl.models import default_device, load_model

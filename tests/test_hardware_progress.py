@@ -145,7 +145,7 @@ def test_report_lists_each_stages_compute_and_warns_when_dtypes_mix():
 
 def test_evaluation_progress_counts_every_sequence_as_it_finishes(tiny_model_dir, monkeypatch):
     """One bar line per update off a terminal; the last says every sequence of the call is done."""
-    import dashrl.rollout as rollout
+    import dashrl.engines.hf as rollout
     from dashrl.models import load_model, load_tokenizer
 
     monkeypatch.setenv("DASHRL_PROGRESS_INTERVAL_S", "0")

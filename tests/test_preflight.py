@@ -23,13 +23,13 @@ def test_the_paper_profile_on_a_machine_without_gpu_vllm_or_hub(tmp_path, monkey
     apply_profile(params_file, [REPO / "profiles/full.yaml", REPO / "profiles/paper.yaml"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(preflight, "hub_reachable", lambda repo_id, kind: f"{repo_id} ({kind}): offline in this test")
-    monkeypatch.setattr("dashrl.vllm_engine.vllm_device_error", lambda: "the vllm package is not installed")
+    monkeypatch.setattr("dashrl.engines.vllm.vllm_device_error", lambda: "the vllm package is not installed")
     found = preflight.problems(load_params(params_file))
     assert found[0] == "params.yaml: rl.runs.dash.engine: vllm: the vllm package is not installed"
     assert "params.yaml: model.source: 'Qwen/Qwen2.5-0.5B': the Hugging Face Hub does not answer (Qwen/Qwen2.5-0.5B (model)" in found[1]
     assert [line.split(":")[1].strip() for line in found[2:]] == ["prepare.math_train.path", "prepare.math500.path", "prepare.gsm8k.path"]
     # vllm present but no GPU: said as such.
-    monkeypatch.setattr("dashrl.vllm_engine.vllm_device_error", lambda: None)
+    monkeypatch.setattr("dashrl.engines.vllm.vllm_device_error", lambda: None)
     assert "no CUDA GPU visible" in preflight.problems(load_params(params_file))[0]
 
 

@@ -30,7 +30,8 @@ from dashrl.config.params import (
 )
 from dashrl.data.arith import generate_arith
 from dashrl.data.schema import write_problems
-from dashrl.engines import make_engine
+from dashrl.engines.base import Completion
+from dashrl.engines.factory import make_engine
 from dashrl.grading.math_grader import Grade
 from dashrl.infra.files import read_jsonl
 from dashrl.models import load_model, load_tokenizer
@@ -47,7 +48,6 @@ from dashrl.rl import (
     train,
 )
 from dashrl.rl_run import PromptSchedule, RLRun, lr_lambda
-from dashrl.rollout import Completion
 from dashrl.step_metrics import PhaseTimer
 
 PROMPT = PromptParams(format="raw", instruction="", system_prompt=None)

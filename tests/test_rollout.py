@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from dashrl.config.params import PromptParams
+from dashrl.engines.base import Completion, GenerationStats, SamplingConfig, ShardedEngine
+from dashrl.engines.hf import HFEngine
 from dashrl.infra.seeds import derive_seed
 from dashrl.models import load_model, load_tokenizer, render_prompt
-from dashrl.rollout import Completion, GenerationStats, HFEngine, SamplingConfig, ShardedEngine
 
 PROMPT = PromptParams(format="chat", instruction="Box it.", system_prompt=None)
 PROBLEMS = ["What is 1+1?", "Tom has 3 apples and eats one. How many are left?", "2*3?", "Add 10 and 15."]
@@ -200,7 +201,7 @@ def test_preallocated_cache_equals_the_dynamic_cache_when_it_grows_and_drops_row
     from transformers import DynamicCache
     from transformers.cache_utils import Cache
 
-    from dashrl.rollout import PreallocatedLayer
+    from dashrl.engines.hf import PreallocatedLayer
 
     model, tokenizer, _ = engine_parts
     prompt = torch.tensor([tokenizer("Add 10 and 15.", add_special_tokens=False)["input_ids"]])  # (1, Tp)

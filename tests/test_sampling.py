@@ -8,8 +8,9 @@ from transformers import GenerationConfig
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from dashrl.algo.sampling import sample_tokens, sampling_logprobs
+from dashrl.engines.base import SamplingConfig
+from dashrl.engines.hf import HFEngine
 from dashrl.models import load_model, load_tokenizer
-from dashrl.rollout import HFEngine, SamplingConfig
 
 
 @pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (5, 1.0), (0, 0.9), (7, 0.8), (1, 1.0)])

@@ -27,12 +27,12 @@ from dashrl.checkpoints import restore_checkpoint, save_checkpoint
 from dashrl.config.params import ParamsError, check_rl_run, load_params
 from dashrl.config.profiles import apply_profile
 from dashrl.data.schema import write_problems
+from dashrl.engines.base import Completion
 from dashrl.grading.math_grader import Grade
 from dashrl.infra.distributed import SINGLE
 from dashrl.infra.files import read_jsonl
 from dashrl.rl import Sample, rl_step
 from dashrl.rl_run import PromptSchedule
-from dashrl.rollout import Completion
 from dashrl.selector_report import plot_selectors, reward_at, selector_notes, selector_table
 from dashrl.selectors import (
     GRESO_HISTORY,

@@ -8,8 +8,8 @@ import torch
 
 from dashrl.algo.batching import pack_sequences
 from dashrl.config.params import GraderParams, PromptParams
+from dashrl.engines.base import Completion, GenerationStats, SamplingConfig
 from dashrl.models import load_model, load_tokenizer
-from dashrl.rollout import Completion, GenerationStats, SamplingConfig
 from dashrl.sft import (
     Example,
     reference_examples,

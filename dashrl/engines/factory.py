@@ -1,22 +1,27 @@
-"""The rollout engine(s) an RL run samples from: which engine, how many, on which devices.
+"""Which engine samples, how many, on which devices: every engine choice of the project is made here.
 
-``make_engine`` turns a run's ``engine``, ``rollout_engines`` and ``rollout_dtype`` params into an
-engine of ``dashrl.rollout`` (HF) or ``dashrl.vllm_engine`` (vLLM). The RL loop (``dashrl.rl``)
-only calls ``generate`` and ``sync_weights`` on what it gets, so choosing and placing the engines
-lives here, apart from the algorithm. vllm is imported only where it is asked for.
+``make_engine`` turns an RL run's ``engine``, ``rollout_engines`` and ``rollout_dtype`` params into
+an engine of ``dashrl.engines.hf`` (HF) or ``dashrl.engines.vllm`` (vLLM), placed beside the
+policy it syncs from. ``make_sampling_engine`` builds the engine of a saved model that only samples
+(evaluation, pass@k, SFT's teacher). The RL loop, the evaluation and SFT only call ``generate`` and
+``sync_weights`` on what they get, so choosing and placing engines lives here, apart from the
+algorithm. vllm is imported only where it is asked for.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dashrl.config.params import RLRunParams
+from dashrl.engines.base import RolloutEngine, ShardedEngine
+from dashrl.engines.hf import HFEngine
 from dashrl.infra.distributed import SINGLE, World
-from dashrl.rollout import HFEngine, RolloutEngine, ShardedEngine
+from dashrl.models import load_model
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ def make_engine(
         log.info("rollout_engines %d: engine 0 on %s, the others on %s", cfg.rollout_engines, policy.device,
                  f"GPUs {extra_gpus}" if torch.cuda.is_available() else "the same CPU (no speed-up: they share its cores)")
     if name == "vllm":
-        # Pinned engines first: the in-process engine freezes vLLM's environment (dashrl.vllm_engine).
+        # Pinned engines first: the in-process engine freezes vLLM's environment (dashrl.engines.vllm).
         extra = [_make_vllm_engine(cfg, policy, copy.deepcopy(tokenizer), device_ids=[gpu]) for gpu in extra_gpus]
         engines = [_make_vllm_engine(cfg, policy, tokenizer), *extra]
     else:
@@ -56,6 +61,30 @@ def make_engine(
             engines.append(HFEngine(engine_model, tokenizer if k == 0 else copy.deepcopy(tokenizer),
                                     max_batch_rows=cfg.rollout_batch_rows))
     return engines[0] if len(engines) == 1 else ShardedEngine(engines)
+
+
+def make_sampling_engine(
+    engine: str, model_dir: Path, tokenizer: PreTrainedTokenizerBase, *, dtype: str, device: torch.device,
+    max_batch_rows: int, seed: int, progress_label: str, key: str,
+) -> RolloutEngine:
+    """The engine that samples from the saved model in ``model_dir`` (no policy in memory to sync).
+
+    ``engine``: "hf" loads the model on ``device`` in ``dtype``; "vllm" starts vLLM on it (the process
+    runs alone: vLLM may take most of the GPU, its own default share 0.9). ``key`` names the params
+    key that chose the engine in errors.
+    """
+    if engine == "vllm":
+        from dashrl.engines.vllm import VLLMEngine, vllm_device_error
+
+        problem = vllm_device_error()
+        if problem:
+            raise RuntimeError(f"params.yaml: {key}: vllm cannot run here: {problem}; use engine: hf")
+        return VLLMEngine.from_model_dir(model_dir, tokenizer, dtype=dtype, max_num_seqs=max_batch_rows,
+                                         gpu_memory_utilization=0.9, seed=seed)
+    if engine != "hf":
+        raise ValueError(f"params.yaml: {key}: unknown engine {engine!r} (valid: hf, vllm)")
+    return HFEngine(load_model(model_dir, dtype=dtype, device=device), tokenizer, max_batch_rows=max_batch_rows,
+                    progress_label=progress_label)
 
 
 def rollout_gpus(cfg: RLRunParams, world: World) -> list[int]:
@@ -82,7 +111,7 @@ def _make_vllm_engine(
 ) -> RolloutEngine:
     """A vLLM engine holding its own ``rollout_dtype`` copy of the policy, synced in place: colocated
     in this process (``device_ids`` None) or in its own process on ``device_ids``."""
-    from dashrl.vllm_engine import VLLMEngine, vllm_device_error
+    from dashrl.engines.vllm import VLLMEngine, vllm_device_error
 
     problem = vllm_device_error()
     if problem:
@@ -98,6 +127,6 @@ def _make_vllm_engine(
 
 
 def _vllm_available() -> bool:
-    from dashrl.vllm_engine import vllm_available
+    from dashrl.engines.vllm import vllm_available
 
     return vllm_available()

@@ -32,7 +32,7 @@ or an engine pinned to other GPUs) vLLM's engine core and workers are other proc
 weights travel as one safetensors blob of CPU tensors over vLLM's RPC channel: a copy through host
 memory at every sync (tested on the CPU build with a pinned engine; TP > 1 not tested here).
 
-Several engines (``dashrl.rollout.ShardedEngine``): an engine built with ``device_ids`` runs its
+Several engines (``dashrl.engines.base.ShardedEngine``): an engine built with ``device_ids`` runs its
 engine core in its own process that sees only those GPUs (``CUDA_VISIBLE_DEVICES`` at spawn), so one
 trainer can drive engines on other GPUs. Build those engines before an in-process one: the
 in-process engine core freezes vLLM's environment variables for this process
@@ -61,8 +61,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from dashrl.engines.base import Completion, GenerationStats, SamplingConfig, stop_token_ids
 from dashrl.infra.seeds import derive_seed
-from dashrl.rollout import Completion, GenerationStats, SamplingConfig, _eos_ids
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class VLLMEngine:
         workdir = tempfile.TemporaryDirectory(prefix="dashrl-vllm-")
         policy.save_pretrained(workdir.name, safe_serialization=True)
         tokenizer.save_pretrained(workdir.name)
-        engine = cls(workdir.name, tokenizer, eos_ids=_eos_ids(policy, tokenizer), **kwargs)
+        engine = cls(workdir.name, tokenizer, eos_ids=stop_token_ids(policy, tokenizer), **kwargs)
         engine._workdir = workdir  # removed when the engine is garbage-collected
         return engine
 
@@ -252,7 +252,7 @@ class VLLMEngine:
         model_dir = Path(model_dir)
         has_config = (model_dir / "generation_config.json").is_file()
         generation_config = GenerationConfig.from_pretrained(model_dir) if has_config else GenerationConfig()
-        eos_ids = _eos_ids(SimpleNamespace(generation_config=generation_config), tokenizer)
+        eos_ids = stop_token_ids(SimpleNamespace(generation_config=generation_config), tokenizer)
         return cls(model_dir, tokenizer, eos_ids=eos_ids, **kwargs)
 
     def sampling_params(self, n: int, sampling: SamplingConfig, seed: int) -> Any:
