@@ -24,7 +24,7 @@ import torch
 
 from dashrl.config.params import Params, SFTRunParams, load_params, section_dict
 from dashrl.engines.base import SamplingConfig
-from dashrl.engines.factory import make_sampling_engine
+from dashrl.engines.hf import HFEngine
 from dashrl.infra.files import atomic_dir, atomic_file, dir_sha256, run_record, write_json
 from dashrl.infra.hardware import compute_record, resolve_dtype
 from dashrl.models import default_device, load_model, load_tokenizer, materialise_model
@@ -96,9 +96,8 @@ def teacher_examples(cfg: SFTRunParams, params: Params, problems: pd.DataFrame, 
         teacher_dir = resolve_teacher(cfg.teacher, init_dir, Path(scratch) / "teacher")
         tokenizer = load_tokenizer(teacher_dir)
         device = default_device()
-        engine = make_sampling_engine("hf", teacher_dir, tokenizer, dtype=resolve_dtype("auto", device), device=device,
-                                      max_batch_rows=cfg.sampling_batch_rows, seed=cfg.seed, key="sft.common",
-                                      progress_label=f"sft@{run_name} teacher samples")
+        engine = HFEngine(load_model(teacher_dir, dtype=resolve_dtype("auto", device), device=device), tokenizer,
+                          max_batch_rows=cfg.sampling_batch_rows, progress_label=f"sft@{run_name} teacher samples")
         examples = rejection_sampled_examples(problems, engine=engine, tokenizer=tokenizer, prompt=params.prompt,
                                               grader=params.grader, sampling=sampling, samples_per_problem=cfg.samples_per_problem)
     if not examples:

@@ -3,9 +3,10 @@
 ``make_engine`` turns an RL run's ``engine``, ``rollout_engines`` and ``rollout_dtype`` params into
 an engine of ``dashrl.engines.hf`` (HF) or ``dashrl.engines.vllm`` (vLLM), placed beside the
 policy it syncs from. ``make_sampling_engine`` builds the engine of a saved model that only samples
-(evaluation, pass@k, SFT's teacher). The RL loop, the evaluation and SFT only call ``generate`` and
-``sync_weights`` on what they get, so choosing and placing engines lives here, apart from the
-algorithm. vllm is imported only where it is asked for.
+(evaluation and pass@k: ``evaluate.generation.engine``). The RL loop and the evaluation only call
+``generate`` and ``sync_weights`` on what they get, so choosing and placing engines lives here, apart
+from the algorithm. (SFT's teacher always samples with ``dashrl.engines.hf``: there is no choice to
+make, and the sft stage does not depend on the vLLM engine.) vllm is imported only where it is asked for.
 """
 
 from __future__ import annotations
