@@ -27,8 +27,8 @@ import numpy as np
 from dashrl.config.params import check_rl_run, load_params, min_nonzero_abs_advantage
 from dashrl.data.schema import read_problems
 from dashrl.models import load_tokenizer
-from dashrl.rl import rl_step
-from dashrl.rl_run import build_run
+from dashrl.rl.loop import rl_step
+from dashrl.rl.run import build_run
 from stages import paths
 
 VARIANTS = ("grpo", "no_gf", "dash")

@@ -87,8 +87,8 @@ def dashrl_worker(conn, params_path: str, run_name: str, dtype: str, steps: int,
     import torch
 
     from dashrl.models import load_tokenizer
-    from dashrl.rl import rl_step
-    from dashrl.rl_run import build_run
+    from dashrl.rl.loop import rl_step
+    from dashrl.rl.run import build_run
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
@@ -132,7 +132,7 @@ def trl_worker(conn, params_path: str, run_name: str, dtype: str, steps: int) ->
 
     from dashrl.grading.tasks import grade_completions
     from dashrl.models import load_tokenizer, render_prompt
-    from dashrl.rl_run import PromptSchedule
+    from dashrl.rl.run import PromptSchedule
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))

@@ -26,7 +26,7 @@ from dashrl.infra.files import atomic_dir, atomic_file, dir_sha256, read_jsonl, 
 from dashrl.infra.hardware import compute_record
 from dashrl.models import load_tokenizer
 from dashrl.reporting import plot_rl_curves
-from dashrl.rl import train
+from dashrl.rl.loop import train
 from stages import paths
 from stages.common import setup_logging, training_inputs
 

@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 from test_rl import GRADER, PROMPT, make_cfg, parity_grade_batch
 
-import dashrl.rl
-import dashrl.rl_run
+import dashrl.rl.loop
+import dashrl.rl.run
 from dashrl.config.params import check_rl_run
 from dashrl.data.arith import generate_arith
 from dashrl.data.schema import write_problems
@@ -30,8 +30,9 @@ from dashrl.engines.base import Completion, GenerationStats, SamplingConfig
 from dashrl.engines.factory import make_engine
 from dashrl.infra.distributed import World, init_from_env, teardown
 from dashrl.models import load_tokenizer
-from dashrl.rl import StepOutput, rl_step, train
-from dashrl.rl_run import RLRun, build_run
+from dashrl.rl.loop import rl_step, train
+from dashrl.rl.run import RLRun, build_run
+from dashrl.rl.samples import StepOutput
 
 # 8 prompts x G = 4 per step: 4 prompts (16 sequences, 4 micro-batches of 4) per rank with 2 ranks.
 # SGD's lr is large, so that updates stand far above float32 rounding of the weights (~1e-9).
@@ -102,7 +103,7 @@ def run_updates(name: str, model_dir: Path, world: World) -> tuple[RLRun, list[S
     tokenizer = load_tokenizer(model_dir)
     run = build_run(cfg=cfg, prompt=PROMPT, grader=GRADER, weights_dir=model_dir, init_dir=model_dir,
                     tokenizer=tokenizer, problems=problems(), world=world)
-    # make_engine as imported here: the library's, even where dashrl.rl_run.make_engine is patched.
+    # make_engine as imported here: the library's, even where dashrl.rl.run.make_engine is patched.
     run.engine = make_engine(cfg, run.policy, tokenizer) if name in SAMPLED else FixedEngine(tokenizer)
     run.optimizer = torch.optim.SGD(run.policy.parameters(), lr=cfg.lr)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
@@ -125,8 +126,8 @@ def save_result(out_dir: Path, rank: int, run: RLRun, outs: list[StepOutput]) ->
 
 def use_fixed_batch() -> None:
     """Parity rewards everywhere; FixedEngine completions for train()."""
-    dashrl.rl.grade_completions = parity_grade_batch
-    dashrl.rl_run.make_engine = lambda cfg, policy, tokenizer, world=None: FixedEngine(tokenizer)
+    dashrl.rl.loop.grade_completions = parity_grade_batch
+    dashrl.rl.run.make_engine = lambda cfg, policy, tokenizer, world=None: FixedEngine(tokenizer)
 
 
 def main(out: Path, model_dir: Path) -> None:

@@ -21,13 +21,13 @@ import torch
 from conftest import REPO
 from test_rl import make_cfg, one_thread, parity_grade_batch  # noqa: F401 (one_thread: autouse fixture)
 
-import dashrl.rl
-import dashrl.rl_run
+import dashrl.rl.loop
+import dashrl.rl.run
 from dashrl.config.params import load_params
 from dashrl.infra.distributed import SINGLE, World, init_from_env
 from dashrl.infra.files import read_jsonl
 from dashrl.models import load_model
-from dashrl.rl_run import check_world
+from dashrl.rl.run import check_world
 from stages import prepare as prepare_stage
 
 TIMEOUT_S = 150  # a hung collective must not hang the suite
@@ -63,8 +63,8 @@ def two_ranks(tmp_path_factory, tiny_model_dir) -> Path:
 @pytest.fixture
 def fixed_batch(monkeypatch):
     """In this process, what the worker sets up on each rank: fixed completions, parity rewards."""
-    monkeypatch.setattr(dashrl.rl, "grade_completions", parity_grade_batch)
-    monkeypatch.setattr(dashrl.rl_run, "make_engine", lambda cfg, policy, tokenizer, world=None: worker.FixedEngine(tokenizer))
+    monkeypatch.setattr(dashrl.rl.loop, "grade_completions", parity_grade_batch)
+    monkeypatch.setattr(dashrl.rl.run, "make_engine", lambda cfg, policy, tokenizer, world=None: worker.FixedEngine(tokenizer))
 
 
 def saved(path: Path) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ RUNS_AS_SCRIPT = {"dashrl/grading/sandbox.py": ("dashrl/grading/sandbox_runner.p
 
 
 def module_file(name: str) -> str | None:
-    """Repository path of a project module (``dashrl.rl`` -> ``dashrl/rl.py``), None if not ours."""
+    """Repository path of a project module (``dashrl.rl.loop`` -> ``dashrl/rl/loop.py``), None if not ours."""
     if name.split(".")[0] not in PACKAGES:
         return None
     path = Path(*name.split("."))
@@ -77,7 +77,7 @@ def test_every_stage_depends_on_the_modules_it_runs():
 def test_the_import_walk_sees_lazy_imports():
     """The walk must not be vacuous: rl imports vllm_engine inside a function, sandbox runs its runner."""
     runs = closure("stages/rl.py")
-    assert {"dashrl/rl.py", "dashrl/engines/vllm.py", "dashrl/grading/sandbox_runner.py", "stages/common.py"} <= runs
+    assert {"dashrl/rl/loop.py", "dashrl/engines/vllm.py", "dashrl/grading/sandbox_runner.py", "stages/common.py"} <= runs
 
 
 def write_deps() -> None:

@@ -31,8 +31,8 @@ from dashrl.engines.factory import make_engine
 from dashrl.infra.distributed import init_from_env
 from dashrl.infra.hardware import compute_record, resolve_dtype
 from dashrl.models import default_device, load_model
-from dashrl.rl import pack, rl_step
-from dashrl.rl_run import resolve_dtypes
+from dashrl.rl.loop import pack, rl_step
+from dashrl.rl.run import resolve_dtypes
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

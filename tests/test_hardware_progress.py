@@ -61,7 +61,7 @@ def test_the_rl_loop_resolves_auto(cpu):
     """The RL loop resolves auto before it builds anything: on an AVX2 CPU it trains in fp32."""
     from test_rl import make_cfg as rl_cfg
 
-    from dashrl.rl_run import resolve_dtypes
+    from dashrl.rl.run import resolve_dtypes
 
     cpu({"avx2"}, "AVX2")
     cfg = resolve_dtypes(rl_cfg(train_dtype="auto", rollout_dtype="auto"), "cpu")

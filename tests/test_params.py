@@ -131,7 +131,7 @@ def test_the_variant_names_params_accepts_are_exactly_the_registered_ones():
     from dashrl.algo.batching import PACKINGS
     from dashrl.algo.losses import LOSS_AGGREGATIONS
     from dashrl.config.params import LOSS_AGG_NAMES, SELECTOR_NAMES, RLRunParams, SFTRunParams
-    from dashrl.selectors import SELECTORS
+    from dashrl.rl.selectors import SELECTORS
 
     assert set(LOSS_AGG_NAMES) == set(LOSS_AGGREGATIONS) and len(LOSS_AGG_NAMES) == len(LOSS_AGGREGATIONS)
     assert set(SELECTOR_NAMES) == set(SELECTORS) and len(SELECTOR_NAMES) == len(SELECTORS)

@@ -1,7 +1,7 @@
 """The RL loop on a tiny Llama built from a config (CPU, fp32): DASH, GRPO and PPO variants.
 
 The tiny random model never answers an arithmetic problem, so rewards are scripted: the grader in
-``dashrl.rl`` is replaced by one that gives each group a fixed reward pattern (mixed groups with
+``dashrl.rl.loop`` is replaced by one that gives each group a fixed reward pattern (mixed groups with
 non-zero advantages and all-equal groups that gradient filtering drops), or, where rewards must
 be a pure function of the text (resume), reward 1 for a completion of even length.
 """
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-import dashrl.rl
+import dashrl.rl.loop
 from dashrl.algo.losses import batch_logprobs, completion_logprobs, get_loss_agg
 from dashrl.config.params import (
     GraderParams,
@@ -35,8 +35,7 @@ from dashrl.engines.factory import make_engine
 from dashrl.grading.math_grader import Grade
 from dashrl.infra.files import read_jsonl
 from dashrl.models import load_model, load_tokenizer
-from dashrl.rl import (
-    Sample,
+from dashrl.rl.loop import (
     backward,
     micro_batches,
     optimizer_step,
@@ -47,8 +46,9 @@ from dashrl.rl import (
     step_counts,
     train,
 )
-from dashrl.rl_run import PromptSchedule, RLRun, lr_lambda
-from dashrl.step_metrics import PhaseTimer
+from dashrl.rl.run import PromptSchedule, RLRun, lr_lambda
+from dashrl.rl.samples import Sample
+from dashrl.rl.step_metrics import PhaseTimer
 
 PROMPT = PromptParams(format="raw", instruction="", system_prompt=None)
 GRADER = GraderParams(require_box=False, timeout_s=5.0)
@@ -136,7 +136,7 @@ def one_thread():
 
 @pytest.fixture
 def scripted_rewards(monkeypatch):
-    monkeypatch.setattr(dashrl.rl, "grade_completions", scripted_grade_batch)
+    monkeypatch.setattr(dashrl.rl.loop, "grade_completions", scripted_grade_batch)
 
 
 @pytest.fixture(scope="module")
@@ -664,13 +664,13 @@ def test_float32_and_bfloat16_train_paths_give_close_gradients(tiny_model_dir, t
 @pytest.mark.parametrize("sampling", ["preemptive", "per_micro_batch"])
 def test_filtered_samples_are_never_forwarded(tiny_model_dir, tokenizer, problems, scripted_rewards, monkeypatch, sampling):
     forwarded: list[int] = []
-    real = dashrl.rl.batch_logprobs
+    real = dashrl.rl.loop.batch_logprobs
 
     def counting(model, batch, *args, **kwargs):
         forwarded.append(batch.completion_ids.shape[0])  # sequences in the forward pass
         return real(model, batch, *args, **kwargs)
 
-    monkeypatch.setattr(dashrl.rl, "batch_logprobs", counting)
+    monkeypatch.setattr(dashrl.rl.loop, "batch_logprobs", counting)
     cfg = make_cfg(sampling=sampling, micro_batch_size=8, filter_threshold=0.1)
     run = build_run(cfg, tiny_model_dir, tokenizer, problems)
     out = rl_step(run, 0)
@@ -705,7 +705,7 @@ def run_train(cfg, tiny_model_dir, tokenizer, problems, train_file, work_dir) ->
 
 
 def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_model_dir, tokenizer, problems, monkeypatch):
-    monkeypatch.setattr(dashrl.rl, "grade_completions", parity_grade_batch)
+    monkeypatch.setattr(dashrl.rl.loop, "grade_completions", parity_grade_batch)
     train_file = tmp_path / "train.parquet"
     write_problems(problems, train_file)
     # A linear lr decay: the restored scheduler state matters too.
@@ -714,7 +714,7 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_model_dir, t
 
     uninterrupted = run_train(cfg, tiny_model_dir, tokenizer, problems, train_file, tmp_path / "a")
 
-    real_step, calls, crashed = dashrl.rl.rl_step, [], []
+    real_step, calls, crashed = dashrl.rl.loop.rl_step, [], []
 
     def crash_once_in_step_2(run, step):
         calls.append(step)
@@ -724,7 +724,7 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_model_dir, t
             raise RuntimeError("killed during step 2")
         return out
 
-    monkeypatch.setattr(dashrl.rl, "rl_step", crash_once_in_step_2)
+    monkeypatch.setattr(dashrl.rl.loop, "rl_step", crash_once_in_step_2)
     work_b = tmp_path / "b"
     with pytest.raises(RuntimeError, match="killed"):
         run_train(cfg, tiny_model_dir, tokenizer, problems, train_file, work_b)

@@ -1,4 +1,4 @@
-"""Sample selectors (dashrl.selectors, docs/algorithm.md §6): each one's selection logic on scripted
+"""Sample selectors (dashrl.rl.selectors, docs/algorithm.md §6): each one's selection logic on scripted
 rewards, one step of each through ``rl_step`` on the tiny model (tests/test_rl.py's fixtures), selector
 none identical to DASH as it was, greso's history through a checkpoint, the params checks, and the
 comparison's table and figure (dashrl.selector_report)."""
@@ -21,9 +21,8 @@ import test_rl
 import torch
 from test_rl import build_run, make_cfg, run_train
 
-import dashrl.rl
+import dashrl.rl.loop
 from dashrl.algo.advantages import group_advantages
-from dashrl.checkpoints import restore_checkpoint, save_checkpoint
 from dashrl.config.params import ParamsError, check_rl_run, load_params
 from dashrl.config.profiles import apply_profile
 from dashrl.data.schema import write_problems
@@ -31,18 +30,19 @@ from dashrl.engines.base import Completion
 from dashrl.grading.math_grader import Grade
 from dashrl.infra.distributed import SINGLE
 from dashrl.infra.files import read_jsonl
-from dashrl.rl import Sample, rl_step
-from dashrl.rl_run import PromptSchedule
-from dashrl.selector_report import plot_selectors, reward_at, selector_notes, selector_table
-from dashrl.selectors import (
+from dashrl.rl.checkpoints import restore_checkpoint, save_checkpoint
+from dashrl.rl.loop import rl_step
+from dashrl.rl.run import PromptSchedule
+from dashrl.rl.samples import Group, Sample
+from dashrl.rl.selectors import (
     GRESO_HISTORY,
     SELECTORS,
-    Group,
     get_selector,
     max_variance_subset,
     predicted_zero_variance,
     register_selector,
 )
+from dashrl.selector_report import plot_selectors, reward_at, selector_notes, selector_table
 
 # tests/test_rl.py's fixtures, by name (one_thread is autouse)
 one_thread = test_rl.one_thread
@@ -304,7 +304,7 @@ def test_pods_step_trains_the_max_variance_g_of_each_prompt(tiny_model_dir, toke
     def grade(completions, references, sources=(), grader=None):
         return graded([script[(i // 8) % 2][i % 8] for i in range(len(completions))])
 
-    monkeypatch.setattr(dashrl.rl, "grade_completions", grade)
+    monkeypatch.setattr(dashrl.rl.loop, "grade_completions", grade)
     cfg = make_cfg(selector="pods", pods_factor=2, prompts_per_step=2, group_size=4, micro_batch_size=4)
     run = build_run(cfg, tiny_model_dir, tokenizer, problems)
     out = rl_step(run, 0)
@@ -343,7 +343,7 @@ def answer_grade_batch(completions, references, sources=(), grader=None) -> list
 def test_greso_run_resumes_with_its_history(tmp_path, tiny_model_dir, tokenizer, problems, monkeypatch):
     """16 prompts, 4 a step: the second epoch (steps 4-5) revisits them and skips the always-right ones;
     killed in step 5 and resumed from the step-4 checkpoint, the run ends as an uninterrupted one."""
-    monkeypatch.setattr(dashrl.rl, "grade_completions", answer_grade_batch)
+    monkeypatch.setattr(dashrl.rl.loop, "grade_completions", answer_grade_batch)
     train_file = tmp_path / "train.parquet"
     write_problems(problems, train_file)
     cfg = make_cfg(selector="greso", greso_history=1, greso_explore=0.0, steps=6, checkpoint_every=2,
@@ -353,7 +353,7 @@ def test_greso_run_resumes_with_its_history(tmp_path, tiny_model_dir, tokenizer,
     metrics_a = read_jsonl(tmp_path / "a" / "metrics.jsonl")
     assert sum(m["prompts_skipped"] for m in metrics_a[:4]) == 0 and sum(m["prompts_skipped"] for m in metrics_a[4:]) > 0
 
-    real_step, crashed = dashrl.rl.rl_step, []
+    real_step, crashed = dashrl.rl.loop.rl_step, []
 
     def crash_in_step_5(run, step):
         out = real_step(run, step)
@@ -362,7 +362,7 @@ def test_greso_run_resumes_with_its_history(tmp_path, tiny_model_dir, tokenizer,
             raise RuntimeError("killed during step 5")
         return out
 
-    monkeypatch.setattr(dashrl.rl, "rl_step", crash_in_step_5)
+    monkeypatch.setattr(dashrl.rl.loop, "rl_step", crash_in_step_5)
     with pytest.raises(RuntimeError, match="killed"):
         run_train(cfg, tiny_model_dir, tokenizer, problems, train_file, tmp_path / "b")
     resumed = run_train(cfg, tiny_model_dir, tokenizer, problems, train_file, tmp_path / "b")

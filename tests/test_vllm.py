@@ -25,7 +25,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 from conftest import save_model_dir  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-import dashrl.rl  # noqa: E402
+import dashrl.rl.loop  # noqa: E402
 from dashrl.algo.losses import completion_logprobs  # noqa: E402
 from dashrl.config.params import GraderParams, PromptParams, check_rl_run, load_params  # noqa: E402
 from dashrl.data.arith import generate_arith  # noqa: E402
@@ -35,8 +35,8 @@ from dashrl.engines.vllm import VLLMEngine  # noqa: E402
 from dashrl.grading.math_grader import Grade  # noqa: E402
 from dashrl.infra.seeds import derive_seed  # noqa: E402
 from dashrl.models import load_model, load_tokenizer  # noqa: E402
-from dashrl.rl import rl_step  # noqa: E402
-from dashrl.rl_run import PromptSchedule, RLRun, lr_lambda  # noqa: E402
+from dashrl.rl.loop import rl_step  # noqa: E402
+from dashrl.rl.run import PromptSchedule, RLRun, lr_lambda  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["12 + 7 =", "Tom has 3 apples.", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "x"]
@@ -188,7 +188,7 @@ def mixed_rewards(completions, references, sources=(), grader=None) -> list[Grad
 
 
 def test_rl_step_moves_the_engine_weights(engine, cfg, model_dir, tokenizer, monkeypatch):
-    monkeypatch.setattr(dashrl.rl, "grade_completions", mixed_rewards)
+    monkeypatch.setattr(dashrl.rl.loop, "grade_completions", mixed_rewards)
     torch.manual_seed(cfg.seed)
     policy = load_model(model_dir, dtype="float32")
     engine.sync_weights(policy)

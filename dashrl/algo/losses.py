@@ -12,7 +12,7 @@ reference's under the temperature alone: the untruncated reference gives every s
 finite log-prob, where a truncated one would floor the tokens outside its own top-k / top-p set
 (k3 of order 1e4, or inf). With one optimizer step per sampled batch, l_old = stopgrad(l): rho = 1
 and the gradient is exactly -A_i grad l (REINFORCE with a group baseline). With reuse (PPO), l_old
-are the trainer's own log-probs of the batch before its first update (``dashrl.rl``).
+are the trainer's own log-probs of the batch before its first update (``dashrl.rl.loop``).
 
 Padding and masked positions are excluded with ``torch.where``, never by multiplying with a 0/1
 mask: 0 x inf is NaN, and a NaN in one padded position would poison the whole gradient.

@@ -222,7 +222,7 @@ class RLRunParams:
     sampling: Literal["preemptive", "per_micro_batch"]
     filter_threshold: float  # tau: drop samples with |A| <= tau before the forward pass (0 = off)
     filter_norm: Literal["original", "kept"]  # loss normaliser counts: all sampled, or kept only
-    # Sample selection beyond the paper (dashrl.selectors, docs/algorithm.md §6); selector none = DASH as is.
+    # Sample selection beyond the paper (dashrl.rl.selectors, docs/algorithm.md §6); selector none = DASH as is.
     selector: str  # registered: none | dapo | pods | greso
     dapo_max_rounds: int  # dapo: rollout rounds per step at most (the first included; 1 = no extra round)
     pods_factor: int  # pods: completions sampled per prompt = pods_factor x group_size; group_size of them trained

@@ -7,7 +7,7 @@ the number of processes, and its device. ``init_from_env`` reads what ``torchrun
 it returns ``SINGLE``, a world of one process whose collectives return their input untouched: one
 process runs exactly the code it ran before data parallelism existed, with no communication.
 
-The RL loop (``dashrl.rl``) uses a world in three places: each rank samples its own contiguous
+The RL loop (``dashrl.rl.loop``) uses a world in three places: each rank samples its own contiguous
 share of the step's prompts (``shard``); before the optimizer step the ranks sum their gradients,
 step counts and losses (``sum_gradients``, ``sum_floats``), so every rank divides the same summed
 gradient by the same global normaliser and takes the same step; after it the step's samples and

@@ -2,7 +2,7 @@
 
 Rank 0 appends one metrics line and one rollout file per step (``record_step``); a resumed run
 first drops what was logged after its checkpoint (``start_work_dir``), so the log always matches
-the weights (``dashrl.infra.files.read_jsonl`` reads it back). The RL loop (``dashrl.rl``) computes a
+the weights (``dashrl.infra.files.read_jsonl`` reads it back). The RL loop (``dashrl.rl.loop``) computes a
 step; this module only writes it down.
 """
 
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from dashrl.infra.files import atomic_file
 
 if TYPE_CHECKING:
-    from dashrl.rl import StepOutput
-    from dashrl.rl_run import RLRun
+    from dashrl.rl.run import RLRun
+    from dashrl.rl.samples import StepOutput
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import pandas as pd
 from dashrl.grading.tasks import count_statuses
 
 if TYPE_CHECKING:
-    from dashrl.rl import Sample
-    from dashrl.rl_run import RLRun
+    from dashrl.rl.run import RLRun
+    from dashrl.rl.samples import Sample
 
 
 @dataclass
@@ -81,7 +81,7 @@ def step_metrics(
         "samples_kept": len(kept),
         "samples_dropped": len(selected) - len(kept),
         "kept_fraction": len(kept) / max(len(selected), 1),
-        # The selector's accounting (dashrl.selectors): generated vs back-propagated (each backward pass
+        # The selector's accounting (dashrl.rl.selectors): generated vs back-propagated (each backward pass
         # counts its sequences: ppo_epochs passes count a sample that often), prompts sampled (extra rounds
         # included), skipped before rollout, kept by exploration, extra rollout rounds.
         "samples_generated": len(samples),

@@ -3,7 +3,7 @@
 DASH (docs/algorithm.md §3) samples P prompts x G completions and lets the tau filter drop the
 groups whose rewards are all equal. Later methods choose the samples more actively
 (docs/algorithm.md §6); each is a registered selector (``rl.common.selector``), with four hooks that
-``dashrl.rl.rl_step`` calls where the algorithm needs them:
+``dashrl.rl.loop.rl_step`` calls where the algorithm needs them:
 
   prompts  0) before rollout: the step's P prompts (greso: skips those predicted to give a zero-
               variance group, refilled from a seeded stream)
@@ -23,73 +23,38 @@ groups whose rewards are all equal. Later methods choose the samples more active
 
 Every random choice derives from (seed, salt, step, ...), so a run reproduces and resumes exactly.
 A selector counts what it does into the step's ``stats`` (prompts_skipped, prompts_explored,
-extra_rounds); ``dashrl.step_metrics`` reports them with the samples generated and back-propagated.
+extra_rounds); ``dashrl.rl.step_metrics`` reports them with the samples generated and back-propagated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-import torch
 
+from dashrl.config.params import RLRunParams
 from dashrl.infra.seeds import DAPO_STREAM_SALT, GRESO_EXPLORE_SALT, GRESO_STREAM_SALT, rng
+from dashrl.rl.samples import Group, Sample
 
-if TYPE_CHECKING:
-    from dashrl.config.params import RLRunParams
-
-# This module is imported by dashrl.config.params (the registry checks rl.*.selector), so every stage runs
-# it: it imports no other project module, and sees an RL run, a completion, a grade and a sample
-# only through the attributes it reads (the Protocols below; dashrl.rl_run.RLRun, dashrl.engines.hf.
-# Completion, dashrl.grading.math_grader.Grade and dashrl.rl.Sample have them).
 
 class Run(Protocol):
+    """What a selector reads of its run (``dashrl.rl.run.RLRun``, which builds the selector, has it)."""
+
     cfg: RLRunParams
     schedule: Any  # .problems: the training prompts (DataFrame with an "id" column)
     world: Any  # .rank, .size: this process among those training together
     selector_state: dict[str, Any]  # what the selector has learnt; checkpointed
 
 
-class Scored(Protocol):
-    """A graded sample (dashrl.rl.Sample)."""
-
-    problem_id: str
-    prompt_index: int
-    reward: float
-
-
-@dataclass
-class Group:
-    """One prompt's sampled completions and their grades, as the selector sees them."""
-
-    problem_id: str
-    level: int
-    prompt_ids: list[int]
-    completions: list[Any]  # n dashrl.engines.base.Completion
-    grades: list[Any]  # their dashrl.grading.math_grader.Grade (.reward, .status)
-    rewards: torch.Tensor  # (n,)
-    chosen: list[int] = field(default_factory=list)  # completions trained (sample indices; all n unless pods)
-    trained: bool = True  # False: generated, not trained (dapo: zero-variance or surplus groups)
-
-    def __post_init__(self) -> None:
-        if not self.chosen:
-            self.chosen = list(range(len(self.completions)))
-
-    @property
-    def zero_variance(self) -> bool:
-        """All n rewards equal: every advantage is 0, no policy gradient."""
-        return bool(self.rewards.max() == self.rewards.min())
-
-
 Stats = dict[str, float]
 Rollout = Callable[[pd.DataFrame, int], list[Group]]  # (prompts, round) -> their groups, sampled and graded
 PromptsHook = Callable[[Run, int, pd.DataFrame, Stats], pd.DataFrame]
-DrawsHook = Callable[["RLRunParams"], int]
+DrawsHook = Callable[[RLRunParams], int]
 SelectHook = Callable[[Run, int, list[Group], Rollout, Stats], list[Group]]
-ObserveHook = Callable[[Run, int, list[Scored]], None]
+ObserveHook = Callable[[Run, int, list[Sample]], None]
 
 
 def scheduled_prompts(run: Run, step: int, problems: pd.DataFrame, stats: Stats) -> pd.DataFrame:
@@ -101,7 +66,7 @@ def group_size(cfg: RLRunParams) -> int:
     return cfg.group_size
 
 
-def learn_nothing(run: Run, step: int, samples: list[Scored]) -> None:
+def learn_nothing(run: Run, step: int, samples: list[Sample]) -> None:
     return None
 
 
@@ -256,7 +221,7 @@ def greso_prompts(run: Run, step: int, problems: pd.DataFrame, stats: Stats) -> 
     return candidates.iloc[sorted(taken)].reset_index(drop=True)
 
 
-def greso_observe(run: Run, step: int, samples: list[Scored]) -> None:
+def greso_observe(run: Run, step: int, samples: list[Sample]) -> None:
     """Append each sampled group's outcome (1: zero variance) to its prompt's history, keeping the
     last ``greso_history``."""
     rewards: dict[int, list[float]] = {}
@@ -278,7 +243,6 @@ def train_every_greso_group(run: Run, step: int, groups: list[Group], rollout: R
 
 __all__ = [
     "SELECTORS",
-    "Group",
     "Selector",
     "get_selector",
     "max_variance_subset",

@@ -1,7 +1,7 @@
 """The state of an RL run and how it is built: which prompts each step sees, the policy, the
 frozen reference, the optimizer and its schedule, the rollout engine, the sample selector's state.
 
-``dashrl.rl`` is the algorithm (one step, and the loop over steps); everything it touches is the
+``dashrl.rl.loop`` is the algorithm (one step, and the loop over steps); everything it touches is the
 ``RLRun`` built here, passed explicitly. ``build_run`` is where a run's configuration turns into
 objects: dtypes resolved for the device (``dashrl.infra.hardware``), the processes checked
 (``dashrl.infra.distributed``), the engine chosen (``dashrl.engines.factory``).
@@ -30,7 +30,7 @@ from dashrl.infra.distributed import SINGLE, World
 from dashrl.infra.hardware import resolve_dtype
 from dashrl.infra.seeds import PROMPT_ORDER_SALT, derive_seed
 from dashrl.models import load_model
-from dashrl.selectors import Selector, get_selector
+from dashrl.rl.selectors import Selector, get_selector
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class RLRun:
     reference: PreTrainedModel | None = None
     world: World = SINGLE  # the processes training this model together (one by default)
     # What the selector has learnt so far (greso: each prompt's zero-variance history); plain JSON
-    # values, kept by checkpoints (dashrl.checkpoints), the same on every process.
+    # values, kept by checkpoints (dashrl.rl.checkpoints), the same on every process.
     selector_state: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -43,10 +43,10 @@ How it departs from the authors' code (a patched TRL GRPOTrainer, docs/algorithm
     and every random choice derives from (seed, step, ...): the data order is a seeded shuffle.
 
 All state is explicit in ``RLRun``; ``rl_step`` is the whole algorithm, and ``train`` runs it step
-after step. What is not the algorithm lives beside it: ``dashrl.rl_run`` (the run's state and how it
+after step. What is not the algorithm lives beside it: ``dashrl.rl.run`` (the run's state and how it
 is built: prompt schedule, models, optimizer), ``dashrl.engines.factory`` (which rollout engine samples, on
-which device), ``dashrl.checkpoints`` (save and resume), ``dashrl.run_log`` (metrics.jsonl and the
-rollout files), ``dashrl.step_metrics`` (what each step reports) and ``dashrl.selectors`` (the
+which device), ``dashrl.rl.checkpoints`` (save and resume), ``dashrl.rl.run_log`` (metrics.jsonl and the
+rollout files), ``dashrl.rl.step_metrics`` (what each step reports) and ``dashrl.rl.selectors`` (the
 registered sample selectors, called at 0, 1, 2 and 8).
 """
 
@@ -55,66 +55,36 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from dashrl.algo.advantages import group_advantages, keep_mask, zero_variance_fraction
-from dashrl.algo.batching import PackedBatch, TreeBatch, get_packing
+from dashrl.algo.batching import TreeBatch, get_packing
 from dashrl.algo.losses import (
     StepCounts,
     batch_logprobs,
     kl_k3,
     policy_token_loss,
 )
-from dashrl.checkpoints import latest_checkpoint, restore_checkpoint, run_fingerprint, save_checkpoint
 from dashrl.config.params import GraderParams, PromptParams, RLRunParams
 from dashrl.data.loaders import task_of
-from dashrl.engines.base import Completion, SamplingConfig
+from dashrl.engines.base import SamplingConfig
 from dashrl.grading.tasks import grade_completions
 from dashrl.infra.distributed import SINGLE, World
 from dashrl.infra.progress import progress
 from dashrl.infra.seeds import derive_seed
 from dashrl.models import render_prompt
-from dashrl.rl_run import RLRun, build_run, resolve_dtypes
-from dashrl.run_log import record_step, start_work_dir
-from dashrl.selectors import Group
-from dashrl.step_metrics import PhaseTimer, gather_step, rollout_frame, step_metrics
+from dashrl.rl.checkpoints import latest_checkpoint, restore_checkpoint, run_fingerprint, save_checkpoint
+from dashrl.rl.run import RLRun, build_run, resolve_dtypes
+from dashrl.rl.run_log import record_step, start_work_dir
+from dashrl.rl.samples import Group, MicroBatch, Sample, StepOutput, TreeMicroBatch
+from dashrl.rl.step_metrics import PhaseTimer, gather_step, rollout_frame, step_metrics
 
 log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------------
-# What a step produces
-
-
-@dataclass
-class Sample:
-    """One completion with everything the update and the rollout log need."""
-
-    problem_id: str
-    level: int
-    prompt_index: int  # within the step (from P on: a group the selector generated and did not train)
-    sample_index: int  # within the group
-    prompt_ids: list[int]
-    completion: Completion
-    reward: float
-    grade_status: str
-    advantage: float = 0.0
-    kept: bool = True  # goes into the backward pass (selected, and |A| > tau)
-    selected: bool = True  # False: generated, not trained (the selector's choice, before the advantages)
-    # (n_tokens,) off-policy runs, during the step's updates: the trainer's log-probs before the first one
-    old_logprobs: torch.Tensor | None = field(default=None, repr=False, compare=False)
-
-
-@dataclass
-class StepOutput:
-    metrics: dict[str, Any]
-    rollouts: pd.DataFrame
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,18 +250,6 @@ def micro_batches(samples: list[Sample], size: int, packing: str = "padded") -> 
     else:
         ordered = sorted(samples, key=lambda s: (len(s.prompt_ids) + s.completion.n_tokens))
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
-
-
-@dataclass
-class MicroBatch(PackedBatch):
-    advantages: torch.Tensor  # (B,)
-    old_logprobs: torch.Tensor | None = None  # (B, Tc) off-policy runs (0 at padding)
-
-
-@dataclass
-class TreeMicroBatch(TreeBatch):
-    advantages: torch.Tensor  # (B,)
-    old_logprobs: torch.Tensor | None = None  # (B, Tc) off-policy runs (0 at padding)
 
 
 def pack(samples: list[Sample], pad_id: int, device: torch.device, packing: str = "padded") -> MicroBatch | TreeMicroBatch:

@@ -1,8 +1,8 @@
-"""Checkpoints of an RL run: what ``dashrl.rl.train`` writes so that a killed run resumes exactly.
+"""Checkpoints of an RL run: what ``dashrl.rl.loop.train`` writes so that a killed run resumes exactly.
 
 A checkpoint ``<work_dir>/checkpoints/step-NNNNNN/`` holds the policy weights, the optimizer state
 and the torch RNG state (safetensors), and the step, the optimizer's param groups, the scheduler,
-the sample selector's state (``dashrl.selectors``: greso's per-prompt history) and the run
+the sample selector's state (``dashrl.rl.selectors``: greso's per-prompt history) and the run
 fingerprint (JSON), written atomically; the newest ``keep_checkpoints`` are kept. A
 run resumes only from a checkpoint whose fingerprint (params, initial weights, training data)
 matches its own. Kept apart from the loop: none of this changes an update, only where a run starts.
@@ -25,7 +25,7 @@ from dashrl.config.params import GraderParams, PromptParams, RLRunParams
 from dashrl.infra.files import atomic_dir, file_sha256
 
 if TYPE_CHECKING:
-    from dashrl.rl_run import RLRun
+    from dashrl.rl.run import RLRun
 
 
 def run_fingerprint(cfg: RLRunParams, prompt: PromptParams, grader: GraderParams, init_dir: Path, train_file: Path) -> str:
