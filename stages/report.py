@@ -30,32 +30,28 @@ import pandas as pd
 from dashrl.config.params import Params, load_params
 from dashrl.data.loaders import task_of
 from dashrl.infra.files import atomic_dir, read_jsonl, write_json
-from dashrl.reporting import (
-    PAPER_TABLES,
-    RunResults,
-    StatsSettings,
-    accuracy_interval,
-    compute_notes,
-    compute_table,
-    config_of,
-    curve_frames,
-    findings_table,
-    paper_table,
+from dashrl.report.curves import plot_rl_curves
+from dashrl.report.figures import (
     plot_accuracy,
     plot_accuracy_by_level,
     plot_filtering,
     plot_kl_curves,
     plot_pass_at_k,
     plot_reward_vs_time,
-    plot_rl_curves,
     plot_time_split,
-    report_metrics,
-    results_table,
-    seeds_table,
-    task_benchmarks,
-    to_markdown,
 )
-from dashrl.selector_report import SELECTOR_RUNS, plot_selectors, selector_notes, selector_table
+from dashrl.report.findings import findings_table, report_metrics, seeds_table
+from dashrl.report.paper import (
+    PAPER_TABLES,
+    RunResults,
+    StatsSettings,
+    config_of,
+    curve_frames,
+    paper_table,
+    task_benchmarks,
+)
+from dashrl.report.selector_comparison import SELECTOR_RUNS, plot_selectors, selector_notes, selector_table
+from dashrl.report.tables import accuracy_interval, compute_notes, compute_table, results_table, to_markdown
 from stages import paths
 from stages.common import setup_logging
 

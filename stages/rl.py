@@ -25,7 +25,7 @@ from dashrl.infra.distributed import SINGLE, World, init_from_env, teardown
 from dashrl.infra.files import atomic_dir, atomic_file, dir_sha256, read_jsonl, run_record, write_json
 from dashrl.infra.hardware import compute_record
 from dashrl.models import load_tokenizer
-from dashrl.reporting import plot_rl_curves
+from dashrl.report.curves import plot_rl_curves
 from dashrl.rl.loop import train
 from stages import paths
 from stages.common import setup_logging, training_inputs

@@ -28,7 +28,7 @@ from dashrl.engines.hf import HFEngine
 from dashrl.infra.files import atomic_dir, atomic_file, dir_sha256, run_record, write_json
 from dashrl.infra.hardware import compute_record, resolve_dtype
 from dashrl.models import default_device, load_model, load_tokenizer, materialise_model
-from dashrl.reporting import plot_sft_loss
+from dashrl.report.curves import plot_sft_loss
 from dashrl.sft import Example, reference_examples, rejection_sampled_examples, sft_train
 from stages import paths
 from stages.common import setup_logging, training_inputs

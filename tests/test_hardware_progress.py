@@ -123,7 +123,7 @@ def test_log_records_go_through_tqdm_write():
 
 
 def test_report_lists_each_stages_compute_and_warns_when_dtypes_mix():
-    from dashrl.reporting import compute_notes, compute_table
+    from dashrl.report.tables import compute_notes, compute_table
 
     def record(dtype: str, caps: dict) -> dict:
         return {"device": "cpu", "cpu_model": "Some CPU", "cpu_flags": ["avx2"], "torch_cpu_capability": "AVX2",

@@ -7,18 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashrl.reporting import (
-    RunResults,
-    StatsSettings,
-    config_of,
-    curve_frames,
-    findings_table,
-    paper_table,
-    report_metrics,
-    results_table,
-    seed_groups,
-    seeds_table,
-)
+from dashrl.report.findings import findings_table, report_metrics, seeds_table
+from dashrl.report.paper import RunResults, StatsSettings, config_of, curve_frames, paper_table, seed_groups
+from dashrl.report.tables import results_table
 
 P = 400  # problems
 

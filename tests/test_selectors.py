@@ -1,7 +1,7 @@
 """Sample selectors (dashrl.rl.selectors, docs/algorithm.md §6): each one's selection logic on scripted
 rewards, one step of each through ``rl_step`` on the tiny model (tests/test_rl.py's fixtures), selector
 none identical to DASH as it was, greso's history through a checkpoint, the params checks, and the
-comparison's table and figure (dashrl.selector_report)."""
+comparison's table and figure (dashrl.report.selector_comparison)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from dashrl.engines.base import Completion
 from dashrl.grading.math_grader import Grade
 from dashrl.infra.distributed import SINGLE
 from dashrl.infra.files import read_jsonl
+from dashrl.report.selector_comparison import plot_selectors, reward_at, selector_notes, selector_table
 from dashrl.rl.checkpoints import restore_checkpoint, save_checkpoint
 from dashrl.rl.loop import rl_step
 from dashrl.rl.run import PromptSchedule
@@ -42,7 +43,6 @@ from dashrl.rl.selectors import (
     predicted_zero_variance,
     register_selector,
 )
-from dashrl.selector_report import plot_selectors, reward_at, selector_notes, selector_table
 
 # tests/test_rl.py's fixtures, by name (one_thread is autouse)
 one_thread = test_rl.one_thread

@@ -1,4 +1,4 @@
-"""dashrl.stats: the intervals the report gives and the rules that turn them into verdicts."""
+"""dashrl.report.stats: the intervals the report gives and the rules that turn them into verdicts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dashrl.infra.seeds import keyed_rng
-from dashrl.stats import (
+from dashrl.report.stats import (
     bootstrap_mean,
     decide,
     paired_difference,

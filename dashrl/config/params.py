@@ -159,7 +159,7 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class ReportParams:
-    """The report's figures and statistics (dashrl.stats): 95% intervals, the findings' verdicts."""
+    """The report's figures and statistics (dashrl.report.stats): 95% intervals, the findings' verdicts."""
 
     plot_dpi: int
     equivalence_margin: float  # accuracy difference read as "the same" (a "matches" claim: interval within +-margin)
