@@ -1,13 +1,7 @@
-"""Running DVC for the flows: its stage plan, `dvc repro <stage>` as a supervised process group, and
-quiet `dvc` / `git` calls. Nothing here knows about Prefect (flows/pipeline.py calls these).
-
-Plan. `plan_stages` asks DVC's own planner for the stages `dvc repro [targets]` would visit,
-upstream first. This is the one place that uses DVC's *private* Python API
-(`dvc.repo.reproduce.collect_stages / get_active_graph / plan_repro`, `Repo.index.graph`, checked
-with dvc 3.67): DVC has no public API or command that gives this order with `dvc repro`'s own
-target semantics (foreach/matrix group names, upstream closure, frozen stages). `dvc dag` prints
-the graph, not the plan, and `dvc repro --dry` lists only what is stale. Anything else goes
-through the `dvc` command line. If a DVC upgrade breaks the plan, fix it here.
+"""Running DVC for the flows: `dvc repro <stage>` as a supervised process group, and quiet `dvc` /
+`git` calls, all through the `dvc` command line. Nothing here knows about Prefect (flows/pipeline.py
+and flows/artifacts.py call these). DVC's stage plan, the one use of DVC's private Python API, is in
+flows/dvc_plan.py.
 
 Supervision. `repro` starts `dvc repro <stage>` with `start_new_session=True`. However it is left
 (the stage failed, a task timeout, a flow cancellation, which Prefect turns into an exception in
@@ -38,7 +32,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -142,42 +135,6 @@ def run_quiet(cmd: list[str], root: str | os.PathLike, timeout_s: float = 300) -
 def has_commit(root: str | os.PathLike) -> bool:
     """Whether the git repo at `root` has a HEAD commit."""
     return run_quiet(["git", "rev-parse", "--verify", "--quiet", "HEAD"], root)[0] == 0
-
-
-# ----------------------------------------------------------------------------- planning (DVC's, private API)
-
-
-def _address(stage, root: Path) -> str:
-    """The stage's name as `dvc repro` takes it from the repo root (dvc's own `addressing` is
-    relative to the current directory, which need not be the root)."""
-    rel = Path(os.path.relpath(stage.path, root)).as_posix()
-    name = getattr(stage, "name", None)
-    if name is None:  # a .dvc file
-        return rel
-    return name if rel == "dvc.yaml" else f"{rel}:{name}"
-
-
-def plan_stages(root: str | os.PathLike, stages: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """(plan, selected): the stages `dvc repro [stages]` would visit, upstream first, and the ones
-    the targets named. Both come from DVC itself (stage collection, active graph, `plan_repro`).
-
-    >>> plan_stages(".", ["report"])  # doctest: +SKIP
-    (['prepare@arith', 'model', 'evaluate@base-arith', 'report'], ['report'])
-    """
-    # DVC's private API (see the module docstring for why): the only such use in the project.
-    from dvc.dvcfile import PROJECT_FILE
-    from dvc.repo import Repo
-    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
-
-    root = Path(root).resolve()
-    # Targets are resolved like `dvc repro` run from the root; dvc 3.67's own DeprecationWarnings
-    # (pygtrie) are noise here.
-    with contextlib.chdir(root), Repo(str(root)) as repo, warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        targets = collect_stages(repo, list(stages) if stages else [PROJECT_FILE])
-        graph = get_active_graph(repo.index.graph)
-        ordered = plan_repro(graph, targets)
-        return [_address(s, root) for s in ordered], [_address(s, root) for s in targets]
 
 
 # ----------------------------------------------------------------------------- running one stage

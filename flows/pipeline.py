@@ -4,14 +4,16 @@ DVC owns "what is stale", Prefect owns "when, where, what happened". The flow co
 it asks DVC for the stages and their order, then runs one task per stage whose body is
 `dvc repro <stage>` in its own process group. `dvc repro` itself decides whether the stage (and
 anything upstream of it) is stale, so a run with nothing stale does no work and a run after a
-param change reruns only what DVC says depends on that param. Everything that talks to DVC (the
-plan, running and killing `dvc repro`, reading its output) is in flows/dvc_process.py; this module
-defines the Prefect tasks, the flow, its artifacts and the CLI.
+param change reruns only what DVC says depends on that param. DVC's plan is in flows/dvc_plan.py
+(the one use of DVC's private API); running and killing `dvc repro` and reading its output are in
+flows/dvc_process.py; the Markdown of the artifacts (rounding, metrics diff) is rendered by
+flows/artifacts.py. This module defines the Prefect tasks, the flow, the artifacts it publishes and
+the CLI.
 
-Order and selection come from DVC's own planner (`plan_stages`: DVC's `plan_repro` over the repo's
-stage graph), i.e. exactly the order `dvc repro [targets]` would use: the selected stages (all of
-`dvc.yaml` when none are given; a foreach/matrix group name such as `rl` selects all its items)
-plus every stage upstream of them, upstream first.
+Order and selection come from DVC's own planner (`plan_stages` in flows/dvc_plan.py: DVC's
+`plan_repro` over the repo's stage graph), i.e. exactly the order `dvc repro [targets]` would use:
+the selected stages (all of `dvc.yaml` when none are given; a foreach/matrix group name such as
+`rl` selects all its items) plus every stage upstream of them, upstream first.
 
 `force=True` forces the *selected* stages only. Their tasks run `dvc repro --force --single-item
 <stage>`; `--single-item` is safe there because every upstream stage is in the plan and has
@@ -59,17 +61,16 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
 import sys  # noqa: E402
-from decimal import Decimal  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from flows.dvc_process import dvc_command, env_number, has_commit, plan_stages, repro, run_quiet  # noqa: E402
+from flows.artifacts import metrics_markdown, round_sig  # noqa: E402
+from flows.dvc_plan import plan_stages  # noqa: E402
+from flows.dvc_process import env_number, repro  # noqa: E402
 
 FLOW_NAME = "dashrl-pipeline"
 DEFAULT_ROOT = Path(__file__).resolve().parents[1]
@@ -105,88 +106,6 @@ def repro_stage(stage: str, root: str, force: bool = False) -> str:
 
 
 # ----------------------------------------------------------------------------- report artifacts
-
-NO_BASELINE = "Nothing to compare against (no git-committed metrics / no DVC remote)"
-
-
-def round_sig(value: object, digits: int = 4) -> str:
-    """A number with `digits` significant digits, positional: 0.123456 -> "0.1235", 1234.56 -> "1235",
-    1.5e-05 -> "0.000015"; integers ("200"), non-numbers and nan/inf are given back unchanged.
-
-    >>> [round_sig(v) for v in ("0.123456", "200", "12345.678", "abc", 2.0 / 3)]
-    ['0.1235', '200', '12350', 'abc', '0.6667']
-    """
-    if isinstance(value, bool | int) or value is None:
-        return str(value)
-    if isinstance(value, str):
-        try:
-            int(value)
-            return value
-        except ValueError:
-            pass
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-    elif isinstance(value, float):
-        number = value
-    else:
-        return str(value)
-    if not math.isfinite(number):
-        return str(value)
-    return format(Decimal(f"{number:.{digits}g}"), "f")
-
-
-def metrics_diff_markdown(diff: dict) -> str:
-    """`dvc metrics diff --json` as markdown: a table of the metrics that have a value at HEAD, or
-    `NO_BASELINE` when none has one (their HEAD copy is neither in git nor fetchable from a remote)."""
-    rows = [
-        (path, metric, values.get("old"), values.get("new"), values.get("diff"))
-        for path, metrics in diff.items()
-        for metric, values in metrics.items()
-    ]
-    if not rows:
-        return "No metric changed since HEAD."
-    compared = [row for row in rows if row[2] is not None]
-    if not compared:
-        return f"{NO_BASELINE}: HEAD has a value for none of the workspace's metrics ({len(rows)})."
-
-    def cell(value: object) -> str:
-        return "-" if value is None else round_sig(value)
-
-    lines = ["| Path | Metric | HEAD | workspace | Change |", "|---|---|---|---|---|"]
-    lines += [
-        f"| {path} | {metric} | {' | '.join(map(cell, values))} |" for path, metric, *values in compared
-    ]
-    if len(compared) < len(rows):
-        n = len(rows) - len(compared)
-        files = ", ".join(sorted({row[0] for row in rows if row[2] is None}))
-        lines += [
-            "",
-            f"Not listed: {n} metric{'s' if n > 1 else ''} with no value at HEAD (new, or not in git / a DVC remote), in {files}.",
-        ]
-    return "\n".join(lines)
-
-
-def metrics_markdown(root: Path) -> str:
-    """The metrics diff against HEAD (`dvc metrics diff`), or `dvc metrics show --md` when there is
-    no commit."""
-    if has_commit(root):
-        title = "Metrics diff (HEAD → workspace, `dvc metrics diff`)"
-        rc, out, err = run_quiet([*dvc_command(), "metrics", "diff", "--json"], root)
-        if rc == 0:
-            try:
-                body = metrics_diff_markdown(json.loads(out or "{}"))
-            except (ValueError, AttributeError) as exc:
-                body = f"(unreadable `dvc metrics diff --json` output: {exc})\n\n```\n{out}\n```"
-    else:
-        title = "Metrics (`dvc metrics show`; no commit to diff against)"
-        rc, out, err = run_quiet([*dvc_command(), "metrics", "show", "--md"], root)
-        body = out or "No metrics."
-    if rc != 0:
-        output = "\n".join(text for text in (out, err) if text)
-        body = f"(dvc exited with {rc})\n\n```\n{output}\n```"
-    return f"## {title}\n\n{body}\n"
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)

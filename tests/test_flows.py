@@ -1,6 +1,6 @@
-"""The Prefect flow over DVC (flows/pipeline.py, flows/dvc_process.py) on a tiny DVC repo built in a
-temp dir: stages a -> b -> c (b reads params.yaml `b.value`, c writes data/report/results.{csv,md}
-and a metric).
+"""The Prefect flow over DVC (flows/pipeline.py, flows/dvc_plan.py, flows/dvc_process.py,
+flows/artifacts.py) on a tiny DVC repo built in a temp dir: stages a -> b -> c (b reads params.yaml
+`b.value`, c writes data/report/results.{csv,md} and a metric).
 Each stage appends its name to runs.log (not tracked), so the tests see what really ran.
 
 Only the tests that run flows use the (session-scoped, ~13 s) Prefect test harness."""
@@ -20,6 +20,8 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from flows import artifacts as fa  # noqa: E402
+from flows import dvc_plan  # noqa: E402
 from flows import dvc_process as dp  # noqa: E402
 from flows import pipeline as fp  # noqa: E402
 
@@ -143,11 +145,11 @@ def artifact(key: str):
 
 def test_plan_is_dvc_graph_order_with_upstream_of_selected(tmp_path):
     root = make_repo(tmp_path / "repo")
-    assert dp.plan_stages(root) == (["a", "b", "c"], ["c", "b", "a"])
-    assert dp.plan_stages(root, ["b"]) == (["a", "b"], ["b"])
-    assert dp.plan_stages(root, ["c", "a"]) == (["a", "b", "c"], ["c", "a"])
+    assert dvc_plan.plan_stages(root) == (["a", "b", "c"], ["c", "b", "a"])
+    assert dvc_plan.plan_stages(root, ["b"]) == (["a", "b"], ["b"])
+    assert dvc_plan.plan_stages(root, ["c", "a"]) == (["a", "b", "c"], ["c", "a"])
     with pytest.raises(Exception, match="nope"):
-        dp.plan_stages(root, ["nope"])
+        dvc_plan.plan_stages(root, ["nope"])
 
 
 def test_stage_status_reads_dvc_output_for_that_stage():
@@ -213,17 +215,17 @@ def test_metrics_diff_without_a_baseline_says_so(tmp_path):
     root = make_repo(tmp_path / "repo")
     git_commit(root)  # HEAD has no metrics.json
     dp.repro("c", root)
-    report = fp.metrics_markdown(root)
+    report = fa.metrics_markdown(root)
     assert "nothing to compare against (no git-committed metrics / no dvc remote)" in report.lower()
     assert "| - |" not in report
     git_commit(root)
     set_param(root, 2)
     dp.repro("c", root)
-    assert "| metrics.json | value | 1 | 2 | 1 |" in fp.metrics_markdown(root)
+    assert "| metrics.json | value | 1 | 2 | 1 |" in fa.metrics_markdown(root)
 
 
 def test_round_sig():
-    assert [fp.round_sig(v) for v in ("0.123456", "200", "12345.678", "1.5e-05", "abc", "nan", "")] == [
+    assert [fa.round_sig(v) for v in ("0.123456", "200", "12345.678", "1.5e-05", "abc", "nan", "")] == [
         "0.1235", "200", "12350", "0.000015", "abc", "nan", "",
     ]  # fmt: skip
 
