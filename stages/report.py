@@ -51,6 +51,7 @@ from dashrl.report.paper import (
     task_benchmarks,
 )
 from dashrl.report.selector_comparison import SELECTOR_RUNS, plot_selectors, selector_notes, selector_table
+from dashrl.report.stats import VERDICTS
 from dashrl.report.tables import accuracy_interval, compute_notes, compute_table, results_table, to_markdown
 from stages import paths
 from stages.common import setup_logging
@@ -136,7 +137,7 @@ def _findings_notes(params: Params, findings: pd.DataFrame) -> list[str]:
         "a configuration has several: seeds resampled, then problems); time claims read the ratio a / b of "
         "training wall time over seeds (an interval needs >= 3 seeds per configuration: `make run PROFILE=seeds`).",
         f"Equivalence margin (report.equivalence_margin): {params.report.equivalence_margin:g} accuracy.",
-        "Tally: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in ("reproduces", "does not", "inconclusive", "not run")) + ".",
+        "Tally: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in (*VERDICTS, "not run")) + ".",
         "The paper's numbers are Qwen2.5 on MATH (docs/results.md); ours are what this profile ran.",
     ]
 

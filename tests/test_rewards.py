@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from dashrl.grading import math_grader
-from dashrl.grading.math_grader import Grade, extract_boxed, grade, grade_batch, math_reward
-from dashrl.grading.tasks import count_statuses
+from dashrl.grading.math_grader import Grade, extract_boxed, grade, grade_batch
 
 
 @pytest.mark.parametrize(
@@ -73,7 +72,6 @@ CASES = [
 def test_grade_table(completion, reference, reward, status, boxed):
     g = grade(completion, reference)
     assert (g.reward, g.status, g.boxed) == (reward, status, boxed)
-    assert math_reward(completion, reference) == reward
 
 
 def test_grade_reports_what_was_graded():
@@ -86,7 +84,6 @@ def test_require_box():
     for completion in ("The answer is: 7", "#### 7", r"format: \boxed{}. 7", "blah"):
         g = grade(completion, "7", require_box=True)
         assert g == Grade(0.0, None, False, "no_answer")
-        assert math_reward(completion, "7", require_box=True) == 0.0
     assert grade(r"\boxed{7}", "7", require_box=True).status == "correct"
 
 
@@ -117,12 +114,6 @@ def test_a_verdict_comes_back_within_the_timeout_plus_a_margin(timeout_s):
     assert grade(r"\boxed{\frac{1}{2}}", "0.5", timeout_s=timeout_s).status == "correct"  # the pool goes on
 
 
-def test_math_reward_logs_failures(caplog):
-    with caplog.at_level("WARNING", logger="dashrl.grading.math_grader"):
-        assert math_reward(r"\boxed{\frac{1}{}}", "7") == 0.0
-    assert "parse_error" in caplog.text
-
-
 def test_docstring_examples():
     assert doctest.testmod(math_grader).failed == 0
 
@@ -133,6 +124,9 @@ def test_grade_batch_matches_grade_and_counts():
     grades = grade_batch(completions, references)
     assert [g.status for g in grades] == [s for *_, s, _ in CASES]
     assert grades == [grade(c, r) for c, r in zip(completions, references, strict=True)]
+    # Imported here: the grader workers import this module (its test functions), so it stays light.
+    from dashrl.grading.tasks import count_statuses
+
     counts = count_statuses([g.status for g in grades], ["gsm8k"])
     assert counts == {"correct": 13, "wrong": 4, "no_answer": 1, "parse_error": 1, "timeout": 0}
     assert sum(counts.values()) == len(CASES)
@@ -225,14 +219,14 @@ def test_dead_worker_and_grader_bug():
         math_grader._grade_batch_with(
             _crash_or_raise_on_marker, [r"\boxed{RAISE}"], ["1"], require_box=False, timeout_s=1
         )
-    assert math_reward(r"\boxed{2}", "2") == 1.0
+    assert grade(r"\boxed{2}", "2").reward == 1.0
 
 
 def test_shutdown_and_restart():
-    assert math_reward(r"\boxed{2}", "2") == 1.0
-    math_grader.shutdown_grader()
+    assert grade(r"\boxed{2}", "2").reward == 1.0
+    math_grader._pool.close()
     assert not math_grader._pool.started
-    assert math_reward(r"\boxed{2}", "2") == 1.0
+    assert grade(r"\boxed{2}", "2").reward == 1.0
 
 
 def test_import_is_cheap():
@@ -250,4 +244,7 @@ def test_grading_a_large_batch():
     references = [str(2 * i) for i in range(100)] + [str(i / 2) for i in range(100)]
     grade_batch(completions[:4], references[:4])  # warm
     grades = grade_batch(completions, references)
+    # Imported here: the grader workers import this module (its test functions), so it stays light.
+    from dashrl.grading.tasks import count_statuses
+
     assert count_statuses([g.status for g in grades], ["gsm8k"])["correct"] == 200

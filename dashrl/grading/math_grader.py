@@ -30,7 +30,7 @@ Departures from calling math-verify directly (as open-r1 / TRL reward functions 
   not lost). A verdict therefore comes back within ``timeout_s + 0.5`` s of a worker taking it.
 
 Importing this module is cheap: no math-verify, sympy or torch import, no process is started until
-the first grade. ``shutdown_grader()`` stops the workers (the pool also stops them at exit).
+the first grade; the pool stops them at exit.
 """
 
 from __future__ import annotations
@@ -285,11 +285,6 @@ def _grade_answer(kind: str, text: str, reference: str) -> tuple[str, str | None
 _pool = WorkerPool(_DEFAULT_WORKERS, name="grader", warm_up=("math_verify",))
 
 
-def shutdown_grader() -> None:
-    """Stop the grader's worker processes (a later grade starts fresh ones)."""
-    _pool.close()
-
-
 # ----------------------------------------------------------------------------- public API
 
 
@@ -382,30 +377,14 @@ def grade(completion: str, reference: str, *, require_box: bool = False, timeout
     ``timeout_s`` bounds the grading of the answer (all its math-verify calls together); a verdict
     comes back within ``timeout_s + DEADLINE_MARGIN_S`` of a worker taking it. Safe from any thread.
 
-    >>> grade("so the answer is \\\\boxed{\\\\frac{1}{2}}", "0.5")
-    Grade(reward=1.0, extracted='\\\\frac{1}{2}', boxed=True, status='correct', detail=None)
-    """
-    return grade_batch([completion], [reference], require_box=require_box, timeout_s=timeout_s)[0]
-
-
-def math_reward(completion: str, reference: str, *, require_box: bool = False) -> float:
-    """1.0 if the completion's final answer equals the reference mathematically, else 0.0.
-
     Worked example: the box ``\\boxed{\\frac{1}{2}}`` holds ``\\frac{1}{2}``, which math-verify
     parses to Rational(1, 2); the reference "0.5" parses to the same number, so the reward is 1.0.
 
-    >>> math_reward("1/4 + 1/4 = 2/4, so \\\\boxed{\\\\frac{1}{2}}", "0.5")
+    >>> grade("so the answer is \\\\boxed{\\\\frac{1}{2}}", "0.5")
+    Grade(reward=1.0, extracted='\\\\frac{1}{2}', boxed=True, status='correct', detail=None)
+    >>> grade("The answer is: 7", "7").reward  # no box: math-verify's own extraction
     1.0
-    >>> math_reward("The answer is: 7", "7")  # no box: math-verify's own extraction
-    1.0
-    >>> math_reward("The answer is: 7", "7", require_box=True)
-    0.0
-
-    Timeouts and parse errors are logged as warnings; use ``grade``/``grade_batch`` for statuses.
+    >>> grade("The answer is: 7", "7", require_box=True).status
+    'no_answer'
     """
-    g = grade(completion, reference, require_box=require_box)
-    if g.status in ("timeout", "parse_error"):
-        logger.warning(
-            "math_reward: %s (%s) grading %r against %r", g.status, g.detail, g.extracted, reference
-        )
-    return g.reward
+    return grade_batch([completion], [reference], require_box=require_box, timeout_s=timeout_s)[0]

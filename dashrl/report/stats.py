@@ -188,7 +188,7 @@ def ratio_over_seeds(numerator: Mapping[str, float], denominator: Mapping[str, f
 # --------------------------------------------------------------------------------------------------
 # Verdicts: a claim is decided by its interval only (the point estimate never decides).
 
-VERDICTS = ("reproduces", "does not", "inconclusive")
+VERDICTS = ("reproduces", "does not", "inconclusive")  # what ``decide`` returns, in the findings' tally order
 CLAIM_KINDS = ("better", "worse", "matches", "no_worse", "neutral", "faster")
 
 
