@@ -75,7 +75,7 @@ def test_every_stage_depends_on_the_modules_it_runs():
 
 
 def test_the_import_walk_sees_lazy_imports():
-    """The walk must not be vacuous: rl imports vllm_engine inside a function, sandbox runs its runner."""
+    """The walk must not be vacuous: the rl factory imports the vLLM engine inside a function, the sandbox runs its runner."""
     runs = closure("stages/rl.py")
     assert {"dashrl/rl/loop.py", "dashrl/engines/vllm.py", "dashrl/grading/sandbox_runner.py", "stages/common.py"} <= runs
 
