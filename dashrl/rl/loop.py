@@ -44,9 +44,10 @@ How it departs from the authors' code (a patched TRL GRPOTrainer, docs/algorithm
 
 All state is explicit in ``RLRun``; ``rl_step`` is the whole algorithm, and ``train`` runs it step
 after step. What is not the algorithm lives beside it: ``dashrl.rl.run`` (the run's state and how it
-is built: prompt schedule, models, optimizer), ``dashrl.engines.factory`` (which rollout engine samples, on
-which device), ``dashrl.rl.checkpoints`` (save and resume), ``dashrl.rl.run_log`` (metrics.jsonl and the
-rollout files), ``dashrl.rl.step_metrics`` (what each step reports) and ``dashrl.rl.selectors`` (the
+is built: prompt schedule, models, optimizer), ``dashrl.rl.samples`` (the records a step makes:
+groups, samples, micro-batches, its output), ``dashrl.engines.factory`` (which rollout engine samples,
+on which device), ``dashrl.rl.checkpoints`` (save and resume), ``dashrl.rl.run_log`` (metrics.jsonl and
+the rollout files), ``dashrl.rl.step_metrics`` (what each step reports) and ``dashrl.rl.selectors`` (the
 registered sample selectors, called at 0, 1, 2 and 8).
 """
 
