@@ -74,6 +74,19 @@ def test_every_stage_depends_on_the_modules_it_runs():
     assert missing == {}, f"dvc.yaml deps miss modules the stages run: {missing}"
 
 
+def test_no_stage_depends_on_code_it_does_not_run():
+    """The other direction: an extra code dep (a module the stage never imports, a whole package
+    directory) would rerun the stage for edits that cannot change its outputs."""
+    extra = {}
+    for name, spec in stage_templates().items():
+        module = spec["cmd"].split("python -m ", 1)[1].split()[0]
+        runs = closure(module_file(module))
+        code = {d for d in spec.get("deps", []) if isinstance(d, str) and d.split("/")[0] in PACKAGES}
+        if code - runs:
+            extra[name] = sorted(code - runs)
+    assert extra == {}, f"dvc.yaml deps name code the stages do not run: {extra}"
+
+
 def test_the_import_walk_sees_lazy_imports():
     """The walk must not be vacuous: the rl factory imports the vLLM engine inside a function, the sandbox runs its runner."""
     runs = closure("stages/rl.py")
