@@ -30,14 +30,14 @@ class ParamsError(ValueError):
 # names, and tests/test_params.py pins these tuples to the registries' keys.
 LOSS_AGG_NAMES = ("grpo", "bnpo", "dr_grpo")
 SELECTOR_NAMES = ("none", "dapo", "pods", "greso")
-# The code sandbox runs each job under one of this many dedicated uids (dashrl.grading.tasks.sandbox):
+# The code sandbox runs each job under one of this many dedicated uids (dashrl.grading.sandbox):
 # at most this many jobs can be in flight.
 SANDBOX_UID_SLOTS = 60
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-program limits of the code sandbox (params.yaml ``grader.code``; dashrl.grading.tasks.sandbox)."""
+    """Per-program limits of the code sandbox (params.yaml ``grader.code``; dashrl.grading.sandbox)."""
 
     timeout_s: float = 10.0  # wall clock for the whole job (start, load, all tests)
     cpu_s: int = 10  # CPU seconds per process
@@ -79,7 +79,7 @@ class PromptParams:
 class GraderParams:
     require_box: bool  # math: True: only a final \boxed{...} answer counts (the paper's setting)
     timeout_s: float  # math: hard limit per graded answer
-    code: SandboxLimits = SandboxLimits()  # code: limits of each program's sandbox (dashrl.grading.tasks.sandbox)
+    code: SandboxLimits = SandboxLimits()  # code: limits of each program's sandbox (dashrl.grading.sandbox)
 
 
 @dataclass(frozen=True)
