@@ -105,6 +105,47 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu") ->
     return model.to(device)
 
 
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them
+    (TRL's ``gradient_checkpointing``; transformers 5 calls it activation checkpointing). Non-reentrant
+    ``torch.utils.checkpoint``: the same gradients, about one extra forward pass of compute."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers < 5
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def eval_mode(model: PreTrainedModel) -> None:
+    """Eval mode (no dropout) that keeps activation checkpointing on where it is enabled.
+
+    transformers checkpoints a decoder layer only while that layer is in training mode; the layer's
+    own ``training`` flag is set back (not its children's), so dropout stays off everywhere."""
+    model.eval()
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False) is True:
+            module.training = True
+
+
+ROTARY_BUFFERS = ("inv_freq", "original_inv_freq")
+
+
+def cast_for_rollout(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
+    """``model.to(dtype)`` for a sampling copy, with the rotary frequency buffers kept in float32.
+
+    ``Module.to`` casts buffers too; RoPE's ``inv_freq`` in bf16 rounds each frequency to 8 bits, a
+    phase error that grows with the position (~0.9 rad at 1,000 at Qwen2.5's theta), while the
+    trainer computes the angles in float32. The rotary module computes its angles in float32 from
+    this buffer, so keeping it float32 gives the sampler the trainer's positions."""
+    saved = {name: buffer.detach().float().clone() for name, buffer in model.named_buffers()
+             if name.rsplit(".", 1)[-1] in ROTARY_BUFFERS}
+    model = model.to(dtype)
+    for name, value in saved.items():
+        owner, attr = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model, name.rsplit(".", 1)[-1]
+        setattr(owner, attr, value.to(getattr(owner, attr).device))
+    return model
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """Tokenizer with left padding (generation) and a pad token (eos when the model has none)."""
     tokenizer = AutoTokenizer.from_pretrained(path)

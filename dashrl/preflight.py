@@ -4,8 +4,9 @@
 
 Checked (each only when params ask for it): a CUDA GPU and an importable vllm for ``engine: vllm``;
 the embedded model package; a Hub model or dataset reachable when ``model.source`` /
-``prepare.<name>.path`` point at the Hub; local model directories and data files present. A
-misconfigured GPU run fails here in seconds, not after the data and model stages.
+``prepare.<name>.path`` point at the Hub; local model directories and data files present; the memory
+plan of every SFT and RL run fits the device (``dashrl.memory``). A misconfigured GPU run fails here
+in seconds, not after the data and model stages.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dashrl.config.params import Params, ParamsError, load_params
 from dashrl.data.code_tasks import MBPPPLUS_HUB_ID, humaneval_data_file
 from dashrl.data.loaders import HUB_IDS
 from dashrl.data.schema import ProblemDataError
+from dashrl.memory import ModelShape, read_config, this_machine
+from dashrl.memory import problems as plan_problems
 
 
 def hub_reachable(repo_id: str, repo_type: str) -> str | None:
@@ -83,7 +86,24 @@ def problems(params: Params, check_hub: bool = True) -> list[str]:
         elif path is None and check_hub and (why := hub_reachable(hub_ids[name], "dataset")):
             found.append(f"params.yaml: prepare.{name}.path: null (Hub {hub_ids[name]}): not reachable ({why}); "
                          "set path to a local .jsonl/.parquet copy")
+    if not any(": model.source: " in line for line in found):  # a model that is not there has no plan
+        found += memory_problems(params, check_hub)
     return found
+
+
+def memory_problems(params: Params, check_hub: bool = True) -> list[str]:
+    """The memory plan of every SFT and RL run on this machine (``dashrl.memory``): a run that does not
+    fit stops here, before any download or training, with the keys that would make it fit. Reads the
+    model's config only (a Hub model's ``config.json``: skipped without the Hub)."""
+    source = params.model.source
+    if source != "embedded" and not Path(source).exists() and not check_hub:
+        return []
+    try:
+        shape = ModelShape.from_config(read_config(source))
+    except Exception as e:  # noqa: BLE001 - the source checks above name the cause; the plan says it could not run
+        return [f"params.yaml: model.source: {source!r}: no memory plan: the config could not be read "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"]
+    return plan_problems(params, shape, **this_machine())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,14 +26,14 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dashrl.algo.batching import get_packing
-from dashrl.algo.losses import batch_logprobs
+from dashrl.algo.losses import batch_logprobs, check_tree_packing
 from dashrl.config.params import GraderParams, PromptParams
 from dashrl.data.loaders import task_of
 from dashrl.engines.base import RolloutEngine, SamplingConfig
 from dashrl.evaluation import evaluate
 from dashrl.infra.progress import progress
 from dashrl.infra.seeds import derive_seed
-from dashrl.models import render_prompt
+from dashrl.models import enable_activation_checkpointing, render_prompt
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ def sft_train(
     train_dtype: str = "float32",
     grad_clip: float = 1.0,
     packing: str = "tree",
+    gradient_checkpointing: bool = False,
     progress_label: str = "sft",
 ) -> list[dict[str, float]]:
     """Train ``model`` in place; returns one record per optimizer step (epoch, step, loss, tokens).
@@ -111,6 +112,10 @@ def sft_train(
         raise ValueError(f"train_dtype must be float32 or bfloat16 (resolve auto first), got {train_dtype!r}")
     if not examples:
         raise ValueError("no SFT examples (rejection sampling found no correct sample?)")
+    if packing == "tree":
+        check_tree_packing(model)
+    if gradient_checkpointing:
+        enable_activation_checkpointing(model)
     items = tokenize(examples, tokenizer, max_length)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)  # one kernel (as in rl)
     autocast = (torch.autocast(model.device.type, dtype=torch.bfloat16) if train_dtype == "bfloat16"

@@ -26,6 +26,7 @@ from dashrl.infra.files import atomic_dir, atomic_file, dir_sha256, read_jsonl, 
 from dashrl.infra.hardware import compute_record
 from dashrl.models import load_tokenizer
 from dashrl.report.curves import plot_rl_curves
+from dashrl.rl.checkpoints import gather_policy_state, save_policy
 from dashrl.rl.loop import train
 from stages import paths
 from stages.common import setup_logging, training_inputs
@@ -44,6 +45,7 @@ def main(params: Params, run_name: str, world: World = SINGLE) -> None:
     run = train(cfg=cfg, prompt=params.prompt, grader=params.grader, init_dir=init_dir, tokenizer=tokenizer,
                 problems=problems, train_file=train_file, work_dir=work_dir, world=world, progress_label=f"rl@{run_name}")
     wall_s = time.perf_counter() - start
+    policy_state = gather_policy_state(run)  # parallel: fsdp: the shards gathered onto rank 0 (all ranks call it)
     if not world.is_main:
         return  # rank 0 holds the same weights and writes them
     metrics = read_jsonl(work_dir / "metrics.jsonl")
@@ -51,7 +53,7 @@ def main(params: Params, run_name: str, world: World = SINGLE) -> None:
     used = {"rl": section_dict(cfg), "prompt": section_dict(params.prompt), "grader": section_dict(params.grader)}
     compute = compute_record(world.device, train_dtype=run.cfg.train_dtype, rollout_dtype=run.cfg.rollout_dtype)
     with atomic_dir(paths.model_dir(run_name)) as tmp:
-        run.policy.save_pretrained(tmp, safe_serialization=True)
+        save_policy(run, tmp, policy_state)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "dashrl_run.json", run_record(used, model={"source": f"rl@{run_name}", "init_from": cfg.init_from,
                                                                     "content_sha256": dir_sha256(tmp)}))

@@ -60,6 +60,7 @@ def main(params: Params, run_name: str) -> None:
     model = load_model(init_dir, dtype="float32", device=device)
     history = sft_train(model, tokenizer, examples, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
                         max_length=cfg.max_length, seed=cfg.seed, train_dtype=train_dtype, packing=cfg.packing,
+                        gradient_checkpointing=cfg.gradient_checkpointing,
                         progress_label=f"sft@{run_name}")
     wall_s = time.perf_counter() - start
 

@@ -11,6 +11,7 @@ seed) and rewards from ``parity_grade_batch`` (a function of the text).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import zlib
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from dashrl.engines.base import Completion, GenerationStats, SamplingConfig
 from dashrl.engines.factory import make_engine
 from dashrl.infra.distributed import World, init_from_env, teardown
 from dashrl.models import load_tokenizer
+from dashrl.rl.checkpoints import gather_policy_state
 from dashrl.rl.loop import rl_step, train
 from dashrl.rl.run import RLRun, build_run
 from dashrl.rl.samples import StepOutput
@@ -95,10 +97,12 @@ class FixedEngine:
         pass
 
 
-def run_updates(name: str, model_dir: Path, world: World) -> tuple[RLRun, list[StepOutput]]:
+def run_updates(name: str, model_dir: Path, world: World, parallel: str = "ddp") -> tuple[RLRun, list[StepOutput]]:
     """The library's build_run and rl_step, with plain SGD: the update is lr x the gradient the loop
-    hands to the optimizer (AdamW's first steps, ~lr x sign(g), would hide the gradient's value)."""
-    cfg = make_cfg(**SCENARIOS[name])
+    hands to the optimizer (AdamW's first steps, ~lr x sign(g), would hide the gradient's value).
+    Sharded DASH also checkpoints activations (FSDP's gathers run again in the recomputation)."""
+    checkpointing = parallel == "fsdp" and name == "dash"
+    cfg = make_cfg(**SCENARIOS[name], parallel=parallel, gradient_checkpointing=checkpointing)
     check_rl_run(cfg, f"rl.runs.{name}")
     tokenizer = load_tokenizer(model_dir)
     run = build_run(cfg=cfg, prompt=PROMPT, grader=GRADER, weights_dir=model_dir, init_dir=model_dir,
@@ -110,16 +114,27 @@ def run_updates(name: str, model_dir: Path, world: World) -> tuple[RLRun, list[S
     return run, [rl_step(run, step) for step in range(cfg.steps)]
 
 
-def run_train(model_dir: Path, train_file: Path, work_dir: Path, world: World) -> RLRun:
-    cfg = make_cfg(**TRAIN)
+def run_train(model_dir: Path, train_file: Path, work_dir: Path, world: World, parallel: str = "ddp") -> RLRun:
+    cfg = make_cfg(**TRAIN, parallel=parallel)
     check_rl_run(cfg, "rl.runs.train")
     return train(cfg=cfg, prompt=PROMPT, grader=GRADER, init_dir=model_dir, tokenizer=load_tokenizer(model_dir),
                  problems=problems(), train_file=train_file, work_dir=work_dir, world=world)
 
 
+def policy_weights(run: RLRun) -> dict[str, torch.Tensor]:
+    """The policy's whole weights (gathered onto rank 0 when sharded: a collective; {} on the others)."""
+    state = gather_policy_state(run)
+    if state is None:
+        state = run.policy.state_dict()
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
 def save_result(out_dir: Path, rank: int, run: RLRun, outs: list[StepOutput]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().clone() for k, v in run.policy.state_dict().items()}, out_dir / f"rank{rank}.pt")
+    weights = policy_weights(run)
+    if run.sharded and rank:
+        return  # a sharded run's whole weights are on rank 0 only
+    torch.save(weights, out_dir / f"rank{rank}.pt")
     (out_dir / f"rank{rank}.json").write_text(json.dumps([o.metrics for o in outs]))
     pd.concat([o.rollouts for o in outs]).to_parquet(out_dir / f"rank{rank}.parquet", index=False)
 
@@ -127,17 +142,22 @@ def save_result(out_dir: Path, rank: int, run: RLRun, outs: list[StepOutput]) ->
 def use_fixed_batch() -> None:
     """Parity rewards everywhere; FixedEngine completions for train()."""
     dashrl.rl.loop.grade_completions = parity_grade_batch
-    dashrl.rl.run.make_engine = lambda cfg, policy, tokenizer, world=None: FixedEngine(tokenizer)
+    dashrl.rl.run.make_engine = lambda cfg, policy, tokenizer, world=None, share_policy=True: FixedEngine(tokenizer)
 
 
-def main(out: Path, model_dir: Path) -> None:
+def main(out: Path, model_dir: Path, parallel: str = "ddp") -> None:
     torch.set_num_threads(1)
     use_fixed_batch()
     world = init_from_env()
     try:
         for name in SCENARIOS:
-            run, outs = run_updates(name, model_dir, world)
+            if parallel == "fsdp" and name in SAMPLED:
+                continue  # the HF engine copies a replicated policy (the factory's own test covers it)
+            run, outs = run_updates(name, model_dir, world, parallel)
             save_result(out / name, world.rank, run, outs)
+        if parallel == "fsdp":
+            fsdp_train_and_resume(out, model_dir, world)
+            return
         # train(): every rank gets its own work_dir, so that the test sees which ranks wrote.
         train_file = out / "train.parquet"
         if world.is_main:
@@ -149,5 +169,26 @@ def main(out: Path, model_dir: Path) -> None:
         teardown(world)
 
 
+def fsdp_train_and_resume(out: Path, model_dir: Path, world: World) -> None:
+    """train() sharded (AdamW, checkpoints every step), then again after its last checkpoint is
+    removed: the second run resumes from the sharded state of step 1 and must end where the first did."""
+    train_file = out / "train.parquet"
+    work = out / "train" / "work"
+    if world.is_main:
+        write_problems(problems(), train_file)
+    world.barrier()
+    run = run_train(model_dir, train_file, work, world, "fsdp")
+    first = policy_weights(run)
+    world.barrier()
+    if world.is_main:
+        torch.save(first, out / "train_full.pt")
+        shutil.rmtree(work / "checkpoints" / "step-000002")
+    world.barrier()
+    run = run_train(model_dir, train_file, work, world, "fsdp")
+    resumed = policy_weights(run)
+    if world.is_main:
+        torch.save(resumed, out / "train_resumed.pt")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:])

@@ -7,7 +7,7 @@ import torch
 from conftest import build_tiny_model
 
 from dashrl.algo.batching import get_packing, pack_sequences, pack_trees
-from dashrl.algo.losses import batch_logprobs
+from dashrl.algo.losses import attention_kernel, batch_logprobs, check_tree_packing
 
 PAD = 0
 CPU = torch.device("cpu")
@@ -63,9 +63,12 @@ def test_a_completion_sees_its_prompt_and_itself_only():
     ]
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (20, 0.9)])
-def test_tree_and_padded_give_the_same_logprobs_and_gradients(tiny_tokenizer, top_k, top_p):
+def test_tree_and_padded_give_the_same_logprobs_and_gradients(tiny_tokenizer, top_k, top_p, attention):
     model = build_tiny_model(len(tiny_tokenizer))
+    model.set_attn_implementation(attention)
+    assert attention_kernel(model) == attention
     prompts, completions = sequences(1)
     results = {}
     for name in ("padded", "tree"):
@@ -85,3 +88,34 @@ def test_tree_and_padded_give_the_same_logprobs_and_gradients(tiny_tokenizer, to
 def test_unknown_packing_names_the_valid_ones():
     with pytest.raises(ValueError, match="unknown packing 'dense' \\(valid: padded, tree\\)"):
         get_packing("dense")
+
+
+def test_a_boolean_tree_mask_under_eager_attention_would_be_wrong(tiny_tokenizer):
+    """Why the eager case needs the additive mask: eager adds the mask to the scores, so the boolean
+    one (SDPA's form) gives other numbers; the layout converts it (the test above)."""
+    model = build_tiny_model(len(tiny_tokenizer))
+    model.set_attn_implementation("eager")
+    batch = pack_trees(*sequences(1), PAD, CPU)
+    decoder = model.get_decoder()
+    right = batch_logprobs(model, batch, 0.7)
+    raw = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                  use_cache=False).last_hidden_state
+    hidden = raw.reshape(-1, raw.shape[-1])[batch.predictor_index]
+    wrong = torch.log_softmax(model.get_output_embeddings()(hidden).float() / 0.7, -1)
+    targets = batch.completion_ids[batch.token_row, batch.token_col]
+    wrong = wrong.gather(-1, targets[:, None]).squeeze(-1)
+    assert float((wrong - right[batch.token_row, batch.token_col]).abs().max()) > 1e-3
+
+
+def test_tree_packing_refuses_kernels_and_windows_it_cannot_serve(tiny_tokenizer):
+    model = build_tiny_model(len(tiny_tokenizer))
+    model.config._attn_implementation = "flash_attention_2"  # not installed here: only the check is exercised
+    with pytest.raises(ValueError, match=r"runs attention 'flash_attention_2', which takes no custom 4-D mask: "
+                                         r"packing: tree needs sdpa or eager .* or use packing: padded"):
+        check_tree_packing(model)
+    model.config._attn_implementation = "sdpa"
+    model.config.sliding_window = 4096
+    with pytest.raises(ValueError, match=r"sliding-window attention \(sliding_window=4096\).*use packing: padded"):
+        check_tree_packing(model)
+    model.config.use_sliding_window = False  # Qwen2.5: a window in the config, switched off
+    check_tree_packing(model)

@@ -64,7 +64,7 @@ def two_ranks(tmp_path_factory, tiny_model_dir) -> Path:
 def fixed_batch(monkeypatch):
     """In this process, what the worker sets up on each rank: fixed completions, parity rewards."""
     monkeypatch.setattr(dashrl.rl.loop, "grade_completions", parity_grade_batch)
-    monkeypatch.setattr(dashrl.rl.run, "make_engine", lambda cfg, policy, tokenizer, world=None: worker.FixedEngine(tokenizer))
+    monkeypatch.setattr(dashrl.rl.run, "make_engine", lambda cfg, policy, tokenizer, world=None, share_policy=True: worker.FixedEngine(tokenizer))
 
 
 def saved(path: Path) -> dict[str, torch.Tensor]:
@@ -186,3 +186,54 @@ def test_without_torchrun_there_is_one_process_and_no_communication(monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="WORLD_SIZE=2 but RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT not set"):
         init_from_env()
+
+
+# ------------------------------------------------------------------------------------------------
+# parallel: fsdp (FSDP2 over 2 gloo processes): the update of one process, and resume from shards
+
+
+@pytest.fixture(scope="module")
+def two_fsdp_ranks(tmp_path_factory, tiny_model_dir) -> Path:
+    out = tmp_path_factory.mktemp("fsdp")
+    torchrun([str(REPO / "tests" / "distributed_worker.py"), str(out), str(tiny_model_dir), "fsdp"], cwd=out)
+    return out
+
+
+@pytest.mark.parametrize("name", [n for n in worker.SCENARIOS if n not in worker.SAMPLED])
+def test_fsdp_over_two_processes_makes_the_update_of_one(two_fsdp_ranks, tiny_model_dir, fixed_batch, name):
+    """Sharded params, grads and optimizer state; filtering leaves the ranks different numbers of
+    micro-batches (padded with empty passes); the global normaliser and clip: one process's update."""
+    run, outs = worker.run_updates(name, tiny_model_dir, SINGLE)
+    initial = load_model(tiny_model_dir).state_dict()
+    one, two = run.policy.state_dict(), saved(two_fsdp_ranks / name / "rank0.pt")
+    assert one.keys() == two.keys()
+    assert not (two_fsdp_ranks / name / "rank1.pt").exists()  # gathered onto rank 0 only
+    for key in one:
+        assert float((one[key] - initial[key]).abs().max()) > 1e-5, f"{key} did not move"
+        assert torch.allclose(two[key], one[key], rtol=1e-6, atol=1e-8), key
+    metrics_two = json.loads((two_fsdp_ranks / name / "rank0.json").read_text())
+    for m1, m2 in zip([o.metrics for o in outs], metrics_two, strict=True):
+        for key in ("samples_kept", "optimizer_steps", "skipped_optimizer_steps"):
+            assert m2[key] == m1[key], key
+        assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5, abs=1e-8)
+        assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-5)
+    pd.testing.assert_frame_equal(pd.read_parquet(two_fsdp_ranks / name / "rank0.parquet"),
+                                  pd.concat([o.rollouts for o in outs]).reset_index(drop=True))
+
+
+def test_fsdp_resumes_from_its_checkpoint_and_saves_one_hf_directory(two_fsdp_ranks, tiny_model_dir, fixed_batch,
+                                                                     tmp_path):
+    full, resumed = saved(two_fsdp_ranks / "train_full.pt"), saved(two_fsdp_ranks / "train_resumed.pt")
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)  # step 2 redone from step 1's shards: the same
+    checkpoint = two_fsdp_ranks / "train" / "work" / "checkpoints" / "step-000002"
+    # The checkpoint is the replicated format: one HF directory, optimizer state keyed by index.
+    reloaded = load_model(checkpoint).state_dict()
+    assert all(torch.equal(reloaded[k], full[k]) for k in full)
+    one = worker.run_train(tiny_model_dir, two_fsdp_ranks / "train.parquet", tmp_path / "work", SINGLE)
+    from safetensors.torch import load_file
+    mine = load_file(str(tmp_path / "work" / "checkpoints" / "step-000002" / "optimizer.safetensors"))
+    theirs = load_file(str(checkpoint / "optimizer.safetensors"))
+    assert mine.keys() == theirs.keys()
+    lr = worker.TRAIN["lr"]
+    assert all(torch.allclose(full[k], v, rtol=0, atol=0.1 * lr) for k, v in one.policy.state_dict().items())

@@ -21,12 +21,13 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"infra"},
     "report": {"infra"},  # tables and figures from recorded metrics (infra: the seeded bootstrap streams)
     "models": {"config", "infra"},
+    "memory": {"models", "config", "infra"},  # the memory plan: a model's config and a run's params in, bytes out
     "grading": {"data", "config", "infra"},
     "engines": {"algo", "models", "config", "infra"},
     "rl": {"algo", "engines", "grading", "data", "models", "config", "infra"},
     "evaluation": {"engines", "grading", "data", "models", "config", "infra"},
     "sft": {"evaluation", "algo", "engines", "grading", "data", "models", "config", "infra"},
-    "preflight": {"engines", "data", "models", "config", "infra"},
+    "preflight": {"memory", "engines", "data", "models", "config", "infra"},
     "stages": {"infra", "config", "algo", "data", "report", "models", "grading", "engines", "rl", "evaluation", "sft",
                "preflight"},
     "flows": set(),  # drives the pipeline only through `dvc repro`

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
+import dashrl.algo.losses
 import dashrl.rl.loop
 from dashrl.algo.losses import batch_logprobs, completion_logprobs, get_loss_agg
 from dashrl.config.params import (
@@ -664,13 +665,14 @@ def test_float32_and_bfloat16_train_paths_give_close_gradients(tiny_model_dir, t
 @pytest.mark.parametrize("sampling", ["preemptive", "per_micro_batch"])
 def test_filtered_samples_are_never_forwarded(tiny_model_dir, tokenizer, problems, scripted_rewards, monkeypatch, sampling):
     forwarded: list[int] = []
-    real = dashrl.rl.loop.batch_logprobs
+    real = dashrl.algo.losses.batch_logprobs
 
     def counting(model, batch, *args, **kwargs):
         forwarded.append(batch.completion_ids.shape[0])  # sequences in the forward pass
         return real(model, batch, *args, **kwargs)
 
-    monkeypatch.setattr(dashrl.rl.loop, "batch_logprobs", counting)
+    # the policy's forward: LogprobModel (the trainer module) calls dashrl.algo.losses.batch_logprobs
+    monkeypatch.setattr(dashrl.algo.losses, "batch_logprobs", counting)
     cfg = make_cfg(sampling=sampling, micro_batch_size=8, filter_threshold=0.1)
     run = build_run(cfg, tiny_model_dir, tokenizer, problems)
     out = rl_step(run, 0)

@@ -177,6 +177,49 @@ def completion_logprobs(
     return token_logprobs(logits, completion_ids, temperature, top_k, top_p)  # (B, Tc)
 
 
+# Attention kernels that read a custom 4-D mask. transformers hands a 4-D mask to the kernel as it
+# is: SDPA reads a boolean one (True = attend); eager ADDS the mask to the scores, so it needs the
+# additive form (0 / a large negative), where a boolean one would add 1 to the visible scores and 0 to
+# the hidden ones (log-probs off by ~0.3, and every branch sees its siblings). FlashAttention takes no
+# 4-D mask at all (varlen packing through position_ids cannot express a tree: branches share a prefix).
+TREE_MASK_KERNELS = ("sdpa", "eager")
+
+
+def attention_kernel(model: PreTrainedModel) -> str:
+    """The attention implementation the model runs (``config._attn_implementation``; sdpa when unset)."""
+    return getattr(model.config, "_attn_implementation", None) or "sdpa"
+
+
+def check_tree_packing(model: PreTrainedModel) -> None:
+    """Raise, naming the model and the setting, where the tree layout would not compute the padded
+    layout's log-probs: an attention kernel that cannot take its 4-D mask, a sliding window (a custom
+    mask replaces the window), soft-capped logits (the head is applied by hand)."""
+    name, config = type(model).__name__, model.config
+    kernel = attention_kernel(model)
+    if kernel not in TREE_MASK_KERNELS:
+        raise ValueError(f"{name} runs attention {kernel!r}, which takes no custom 4-D mask: packing: tree needs "
+                         f"{' or '.join(TREE_MASK_KERNELS)} (attn_implementation), or use packing: padded")
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or []
+    if (window and getattr(config, "use_sliding_window", True)) or "sliding_attention" in layer_types:
+        raise ValueError(f"{name} uses sliding-window attention (sliding_window={window}): the tree layout's mask "
+                         f"would replace the window; use packing: padded")
+    if getattr(config, "final_logit_softcapping", None):
+        raise ValueError(f"{name} soft-caps its logits: use packing: padded")
+
+
+def tree_attention_mask(visible: torch.Tensor, model: PreTrainedModel) -> torch.Tensor:
+    """The tree layout's boolean mask (R, 1, L, L) as the model's kernel reads it: as is for SDPA,
+    additive (0 where visible, the dtype's minimum elsewhere) for eager."""
+    if attention_kernel(model) == "sdpa":
+        return visible
+    dtype = model.get_input_embeddings().weight.dtype
+    if torch.is_autocast_enabled(visible.device.type):
+        dtype = torch.get_autocast_dtype(visible.device.type)
+    hidden = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=visible.device)
+    return torch.where(visible, torch.zeros((), dtype=dtype, device=visible.device), hidden)  # (R, 1, L, L)
+
+
 def tree_completion_logprobs(
     model: PreTrainedModel, batch: TreeBatch, temperature: float, top_k: int = 0, top_p: float = 1.0
 ) -> torch.Tensor:
@@ -185,9 +228,9 @@ def tree_completion_logprobs(
     The decoder runs on the packed rows; the head only on the N positions that predict a completion
     token. Needs a model whose logits are ``lm_head(last hidden state)`` (Llama, Qwen2, SmolLM, ...).
     """
-    if getattr(model.config, "final_logit_softcapping", None):
-        raise ValueError(f"{type(model).__name__} soft-caps its logits: use packing: padded")
-    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+    check_tree_packing(model)
+    mask = tree_attention_mask(batch.attention_mask, model)  # (R, 1, L, L) in the form the kernel reads
+    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=mask,
                                  position_ids=batch.position_ids, use_cache=False).last_hidden_state  # (R, L, H)
     hidden = hidden.reshape(-1, hidden.shape[-1])[batch.predictor_index]  # (N, H)
     logits = model.get_output_embeddings()(hidden)  # (N, V)
@@ -209,3 +252,20 @@ def batch_logprobs(
     logp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.completion_ids, temperature, top_k,
                                top_p)  # (B, Tc)
     return torch.where(batch.completion_mask > 0, logp, torch.zeros_like(logp))  # a padded row's floor is not a value
+
+
+class LogprobModel(torch.nn.Module):
+    """``batch_logprobs`` of the wrapped model as a module's forward: the unit a trainer calls.
+
+    Under FSDP this wrapper is the root that is sharded (``dashrl.infra.distributed.shard_model``), so
+    that every parameter the tree layout touches (the decoder, and the head applied to the N
+    predicting positions only) is gathered and reduced by FSDP's own hooks. In one process it is a
+    plain call of ``batch_logprobs``."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: PackedBatch | TreeBatch, temperature: float, top_k: int = 0,
+                top_p: float = 1.0) -> torch.Tensor:
+        return batch_logprobs(self.model, batch, temperature, top_k, top_p)  # (B, Tc)

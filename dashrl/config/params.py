@@ -190,6 +190,8 @@ class SFTRunParams:
     max_length: int  # prompt + completion tokens; longer completions are cut
     train_dtype: Literal["auto", "float32", "bfloat16"]  # auto: bf16 autocast only where bf16 is native
     seed: int
+    # How the step runs, not what it computes (optional keys; docs/scaling.md):
+    gradient_checkpointing: bool = False  # recompute each decoder layer's activations in the backward pass
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,15 @@ class RLRunParams:
     seed: int
     checkpoint_every: int  # rollout steps between checkpoints (0: only at the end)
     keep_checkpoints: int  # newest checkpoints kept on disk
+    # How the step runs, not what it computes (optional keys, absent from the CPU default; docs/scaling.md).
+    # They stay out of the run fingerprint (EXECUTION_KEYS): a run resumes under another setting.
+    gradient_checkpointing: bool = False  # recompute each decoder layer's activations in the backward pass
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model (ddp) or shard params,
+    # grads and AdamW state over the processes (fsdp: PyTorch FSDP2, fully_shard per decoder layer)
+
+
+# RL keys that change how a step runs but not the update it makes (left out of the run fingerprint).
+EXECUTION_KEYS = ("gradient_checkpointing", "parallel")
 
 
 @dataclass(frozen=True)
@@ -311,10 +322,11 @@ def from_mapping(cls: type, raw: Any, where: str, key: str = "") -> Any:
     unknown = sorted(set(raw) - set(names))
     if unknown:
         raise ParamsError(f"{label}{'.' if key else ': '}{unknown[0]}: unknown key (valid: {', '.join(names)})")
-    missing = [n for n in names if n not in raw]
+    optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    missing = [n for n in names if n not in raw and n not in optional]
     if missing:
         raise ParamsError(f"{label}{'.' if key else ': '}{missing[0]}: missing key")
-    values = {n: _coerce(hints[n], raw[n], where, f"{key}.{n}" if key else n) for n in names}
+    values = {n: _coerce(hints[n], raw[n], where, f"{key}.{n}" if key else n) for n in names if n in raw}
     try:
         return cls(**values)
     except ParamsError:
@@ -500,6 +512,9 @@ def check_rl_run(run: RLRunParams, key: str) -> None:
         if not ok:
             raise ParamsError(f"params.yaml: {key}.{field}: {value!r}: {why}")
 
+    require(not (run.parallel == "fsdp" and run.engine == "vllm"), "parallel", run.parallel,
+            "samples with engine: hf only (vLLM's weight sync from a sharded policy is not implemented); "
+            "use parallel: ddp with engine: vllm")
     g, m, p = run.group_size, run.micro_batch_size, run.prompts_per_step
     require(g >= 2, "group_size", g, "must be >= 2: a group of one has no baseline, every advantage is 0")
     require(p >= 1, "prompts_per_step", p, "must be >= 1")

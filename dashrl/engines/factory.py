@@ -22,29 +22,35 @@ from dashrl.config.params import RLRunParams
 from dashrl.engines.base import RolloutEngine, ShardedEngine
 from dashrl.engines.hf import HFEngine
 from dashrl.infra.distributed import SINGLE, World
-from dashrl.models import load_model
+from dashrl.models import cast_for_rollout, load_model
 
 log = logging.getLogger(__name__)
 
 
 def make_engine(
-    cfg: RLRunParams, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, world: World = SINGLE
+    cfg: RLRunParams, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, world: World = SINGLE,
+    share_policy: bool = True,
 ) -> RolloutEngine:
     """The rollout engine(s) of one training process.
 
     ``engine: auto`` picks vLLM when a GPU and vllm are present, HF otherwise (logged). With
     ``rollout_engines`` N > 1, a ``ShardedEngine`` over N engines: engine 0 on the trainer's device,
     engines 1..N-1 on GPUs of their own (``rollout_gpus``; on a CPU machine all share the cores).
+    An fp32 HF engine 0 samples with the policy module itself unless ``share_policy`` is False (a
+    policy about to be sharded: the engine then holds its own copy).
     """
     name = cfg.engine
     if name == "auto":
-        name = "vllm" if torch.cuda.is_available() and _vllm_available() else "hf"
+        name = "vllm" if share_policy and torch.cuda.is_available() and _vllm_available() else "hf"
         log.info("engine: auto -> %s (cuda available: %s, vllm importable: %s)",
                  name, torch.cuda.is_available(), _vllm_available())
     extra_gpus = rollout_gpus(cfg, world)
     if cfg.rollout_engines > 1:
         log.info("rollout_engines %d: engine 0 on %s, the others on %s", cfg.rollout_engines, policy.device,
                  f"GPUs {extra_gpus}" if torch.cuda.is_available() else "the same CPU (no speed-up: they share its cores)")
+    if name == "vllm" and not share_policy:
+        raise ValueError("parallel: fsdp samples with engine: hf only (params.yaml rl): syncing vLLM from a sharded "
+                         "policy is not implemented; use parallel: ddp with vLLM")
     if name == "vllm":
         # Pinned engines first: the in-process engine freezes vLLM's environment (dashrl.engines.vllm).
         extra = [_make_vllm_engine(cfg, policy, copy.deepcopy(tokenizer), device_ids=[gpu]) for gpu in extra_gpus]
@@ -55,10 +61,10 @@ def make_engine(
                                      for gpu in extra_gpus]
         engines = []
         for k, device in enumerate(devices):
-            if k == 0 and dtype == torch.float32 and policy.dtype == torch.float32:
+            if share_policy and k == 0 and dtype == torch.float32 and policy.dtype == torch.float32:
                 engine_model = policy  # share weights: syncing is free
             else:
-                engine_model = copy.deepcopy(policy).to(device=device, dtype=dtype).requires_grad_(False)
+                engine_model = cast_for_rollout(copy.deepcopy(policy).to(device), dtype).requires_grad_(False)
             engines.append(HFEngine(engine_model, tokenizer if k == 0 else copy.deepcopy(tokenizer),
                                     max_batch_rows=cfg.rollout_batch_rows))
     return engines[0] if len(engines) == 1 else ShardedEngine(engines)

@@ -24,6 +24,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from dashrl.algo.sampling import sample_tokens
 from dashrl.engines.base import Completion, GenerationStats, SamplingConfig, stop_token_ids
+from dashrl.infra.distributed import full_tensor
 from dashrl.infra.progress import progress
 from dashrl.infra.seeds import derive_seed
 
@@ -95,12 +96,15 @@ class HFEngine:
 
     @torch.no_grad()
     def sync_weights(self, policy: PreTrainedModel) -> None:
-        """Copy the policy's current weights into the engine's model (cast to its dtype)."""
+        """Copy the policy's current weights into the engine's model (cast to its dtype).
+
+        A sharded policy (FSDP) is gathered one parameter at a time (a collective: every rank syncs),
+        so no second full copy of the policy is ever held."""
         if policy is self.model:
             return
         engine_params = dict(self.model.named_parameters())
         for name, param in policy.named_parameters():
-            engine_params[name].copy_(param)
+            engine_params[name].copy_(full_tensor(param))
 
     def _prefill(self, prompts: list[list[int]], cache: Cache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the prompts into ``cache``; returns (next-token logits (P, V), attention mask (P, T),

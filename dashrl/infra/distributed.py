@@ -12,6 +12,13 @@ share of the step's prompts (``shard``); before the optimizer step the ranks sum
 step counts and losses (``sum_gradients``, ``sum_floats``), so every rank divides the same summed
 gradient by the same global normaliser and takes the same step; after it the step's samples and
 statistics are gathered for metrics and rollout logs (``gather_objects``, ``sum_floats``, ``max_floats``).
+
+With ``parallel: fsdp`` the model is sharded instead of replicated (``shard_model``, PyTorch's FSDP2):
+each rank holds 1/W of the parameters, gradients and AdamW state, and gathers one decoder layer at a
+time for its forward and backward. The gradient is then reduced (summed) by FSDP during the backward
+pass instead of by ``sum_gradients``; the normaliser and the clip stay global, so the update is the
+one DDP (and one process) makes. Every rank must run the same number of forward and backward passes
+(each is a collective): the loop pads a rank that has fewer kept micro-batches with empty passes.
 """
 
 from __future__ import annotations
@@ -119,12 +126,88 @@ class World:
             for tensor in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(tensor, src=0)
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on at least one rank."""
+        if not self.is_distributed:
+            return flag
+        return self.max_floats({"flag": float(flag)})["flag"] > 0
+
+    def max_int(self, value: int) -> int:
+        """The largest ``value`` over ranks."""
+        if not self.is_distributed:
+            return value
+        return int(self.max_floats({"value": float(value)})["value"])
+
     def barrier(self) -> None:
         if self.is_distributed:
             dist.barrier()
 
 
 SINGLE = World()
+
+
+# ------------------------------------------------------------------------------------------------
+# Sharded data parallelism (FSDP2): parameters, gradients and optimizer state split over the ranks
+
+
+def shard_model(model: torch.nn.Module, blocks: Sequence[torch.nn.Module], compute_dtype: torch.dtype | None) -> None:
+    """Shard ``model`` over the default process group with PyTorch's FSDP2 (``fully_shard``), in place.
+
+    Each of ``blocks`` (the decoder layers) becomes one unit that is gathered for its forward and
+    backward and freed after, then the root takes what is left (embeddings, final norm, head; a tied
+    head stays one parameter). ``compute_dtype`` (bf16 on GPU) is the dtype the gathered parameters
+    compute in; gradients are reduced in float32 into float32 shards, and optimizer state lives on
+    the shards. Gradients are SUMMED over ranks (divide factor 1), as ``World.sum_gradients`` does:
+    the RL loop divides by the whole step's normaliser itself.
+    """
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    for block in blocks:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` was sharded by ``shard_model`` (its parameters are DTensor shards)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor shard gathered into the whole tensor (a collective: every rank calls it), else as is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole state dict of a sharded model on rank 0, on the CPU (empty on the other ranks).
+
+    A collective: every rank calls it. Parameters are gathered one at a time, so no rank holds a
+    second full copy on its device."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's whole state on rank 0 (keyed by parameter name), on the CPU; a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Shard a whole optimizer state (keyed by parameter name, as ``full_optimizer_state`` gives it)
+    onto this rank's parameters."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

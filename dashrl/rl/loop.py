@@ -75,10 +75,10 @@ from dashrl.config.params import GraderParams, PromptParams, RLRunParams
 from dashrl.data.loaders import task_of
 from dashrl.engines.base import SamplingConfig
 from dashrl.grading.tasks import grade_completions
-from dashrl.infra.distributed import SINGLE, World
+from dashrl.infra.distributed import SINGLE, World, full_tensor
 from dashrl.infra.progress import progress
 from dashrl.infra.seeds import derive_seed
-from dashrl.models import render_prompt
+from dashrl.models import eval_mode, render_prompt
 from dashrl.rl.checkpoints import latest_checkpoint, restore_checkpoint, run_fingerprint, save_checkpoint
 from dashrl.rl.run import RLRun, build_run, resolve_dtypes
 from dashrl.rl.run_log import record_step, start_work_dir
@@ -123,16 +123,17 @@ def rl_step(run: RLRun, step: int) -> StepOutput:
             # the micro-batches the first pass uses (its ratio is then exactly 1).
             check_behaviour_logprobs([s for s in samples if s.kept])
             for update in updates:
-                for batch in micro_batches([s for s in update if s.kept], cfg.micro_batch_size, cfg.packing):
+                for batch in aligned(run, micro_batches([s for s in update if s.kept], cfg.micro_batch_size, cfg.packing)):
                     with timer("forward_backward"):
                         recompute_old_logprobs(run, batch, stats)
         for _epoch in range(cfg.ppo_epochs):
             for update in updates:
-                for batch in micro_batches([s for s in update if s.kept], cfg.micro_batch_size, cfg.packing):
+                for batch in aligned(run, micro_batches([s for s in update if s.kept], cfg.micro_batch_size, cfg.packing)):
                     with timer("forward_backward"):
                         backward(run, batch, stats)
                 with timer("optimizer"):
-                    optimizer_step(run, step_counts(update, cfg.max_new_tokens, cfg.filter_norm), stats)
+                    optimizer_step(run, step_counts(update, cfg.max_new_tokens, cfg.filter_norm), stats,
+                                   trained=any(s.kept for s in update))
         for s in samples:
             s.old_logprobs = None  # used up (and not gathered with the samples)
     else:
@@ -144,12 +145,13 @@ def rl_step(run: RLRun, step: int) -> StepOutput:
             unit = lo // prompts_per_micro
             chunk = sample_and_score(run, problems.iloc[lo : lo + prompts_per_micro], step, unit, timer, stats, offset=lo)
             kept = [s for s in chunk if s.kept]
-            if kept:
+            if kept or run.sharded:  # sharded: every rank runs every pass (an empty one where nothing is kept)
                 with timer("forward_backward"):
-                    backward(run, kept, stats)
+                    backward(run, kept or None, stats)
             samples += chunk
         with timer("optimizer"):
-            optimizer_step(run, step_counts(samples, cfg.max_new_tokens, cfg.filter_norm), stats)
+            optimizer_step(run, step_counts(samples, cfg.max_new_tokens, cfg.filter_norm), stats,
+                           trained=any(s.kept for s in samples))
 
     # 7) the engine samples the next step from the updated weights.
     with timer("weight_sync"):
@@ -253,6 +255,27 @@ def micro_batches(samples: list[Sample], size: int, packing: str = "padded") -> 
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
+def aligned(run: RLRun, batches: list[list[Sample]]) -> list[list[Sample] | None]:
+    """The micro-batches of this process, padded with empty passes (None) to the largest count over
+    the processes when the policy is sharded: each forward and backward of a sharded model is a
+    collective, while gradient filtering leaves the ranks different numbers of kept samples."""
+    if not run.sharded:
+        return batches  # type: ignore[return-value]
+    return batches + [None] * (run.world.max_int(len(batches)) - len(batches))
+
+
+def empty_pass(run: RLRun, grad: bool) -> None:
+    """A forward (and backward) of one token with a zero loss: the sharded model's collectives run,
+    every gradient it adds is 0. Padding for a rank with fewer micro-batches than the others."""
+    pad = run.tokenizer.pad_token_id
+    batch = get_packing("padded").pack([[pad]], [[pad]], pad, run.policy.device)
+    with torch.set_grad_enabled(grad), run.autocast():
+        eval_mode(run.policy)
+        logp = run.trainer(batch, run.cfg.temperature).float()  # (1, 1)
+    if grad:
+        (logp.sum() * 0.0).backward()
+
+
 def pack(samples: list[Sample], pad_id: int, device: torch.device, packing: str = "padded") -> MicroBatch | TreeMicroBatch:
     """One micro-batch in the ``packing`` layout (``dashrl.algo.batching``), with its advantages (and the
     old log-probs, where every sample has them)."""
@@ -287,12 +310,12 @@ def check_behaviour_logprobs(samples: list[Sample]) -> None:
 def policy_logprobs(run: RLRun, batch: MicroBatch | TreeMicroBatch) -> torch.Tensor:
     """The policy's completion log-probs (B, Tc) under the sampling distribution, float32, 0 at padding.
 
-    Eval mode: no dropout (train mode enables nothing else in these models), gradients still flow;
-    the engine may share this module. No KV cache (``dashrl.algo.losses``)."""
+    Eval mode: no dropout (train mode enables nothing else in these models, except activation
+    checkpointing, which ``eval_mode`` keeps), gradients still flow; the engine may share this module. No KV cache (``dashrl.algo.losses``)."""
     cfg = run.cfg
-    run.policy.eval()
+    eval_mode(run.policy)  # checkpointing (where enabled) stays on
     with run.autocast():
-        return batch_logprobs(run.policy, batch, cfg.temperature, cfg.top_k, cfg.top_p).float()  # (B, Tc)
+        return run.trainer(batch, cfg.temperature, cfg.top_k, cfg.top_p).float()  # (B, Tc)
 
 
 def record_logprob_gap(samples: list[Sample], batch: MicroBatch | TreeMicroBatch, trainer_logp: torch.Tensor,
@@ -305,9 +328,13 @@ def record_logprob_gap(samples: list[Sample], batch: MicroBatch | TreeMicroBatch
     stats["logprob_gap_tokens"] += float(counted.sum())
 
 
-def recompute_old_logprobs(run: RLRun, samples: list[Sample], stats: dict[str, float]) -> None:
+def recompute_old_logprobs(run: RLRun, samples: list[Sample] | None, stats: dict[str, float]) -> None:
     """Off-policy runs, before the first update: each sample's old log-probs from the trainer's own
-    forward (no grad), the same forward the loss then runs, so the first pass's ratio is exactly 1."""
+    forward (no grad), the same forward the loss then runs, so the first pass's ratio is exactly 1.
+    ``None``: an empty pass (a sharded policy, ``aligned``)."""
+    if samples is None:
+        empty_pass(run, grad=False)
+        return
     batch = pack(samples, run.tokenizer.pad_token_id, run.policy.device, run.cfg.packing)
     with torch.no_grad():
         logp = policy_logprobs(run, batch)  # (B, Tc)
@@ -316,8 +343,12 @@ def recompute_old_logprobs(run: RLRun, samples: list[Sample], stats: dict[str, f
     record_logprob_gap(samples, batch, logp, stats)
 
 
-def backward(run: RLRun, samples: list[Sample], stats: dict[str, float]) -> None:
-    """Step 5 for one micro-batch: accumulate grad of sum(weights * token loss)."""
+def backward(run: RLRun, samples: list[Sample] | None, stats: dict[str, float]) -> None:
+    """Step 5 for one micro-batch: accumulate grad of sum(weights * token loss). ``None``: an empty
+    pass (a sharded policy, ``aligned``)."""
+    if samples is None:
+        empty_pass(run, grad=True)
+        return
     cfg = run.cfg
     batch = pack(samples, run.tokenizer.pad_token_id, run.policy.device, cfg.packing)
     logp = policy_logprobs(run, batch)  # (B, Tc)
@@ -361,15 +392,21 @@ def step_counts(samples: list[Sample], max_new_tokens: int, filter_norm: str) ->
     )
 
 
-def optimizer_step(run: RLRun, counts: StepCounts, stats: dict[str, float]) -> None:
+def optimizer_step(run: RLRun, counts: StepCounts, stats: dict[str, float], trained: bool = True) -> None:
     """Step 6: normalise the accumulated gradient by the whole update's counts, clip, step.
 
     Data parallel: gradients and counts are first summed over the processes, so every process
     normalises by the counts of the whole update (all processes' sequences and tokens) and takes the
-    same step. ``counts`` and the loss in ``stats`` are this process's own.
+    same step. ``counts`` and the loss in ``stats`` are this process's own; ``trained``: whether this
+    process back-propagated any sample in the update (a sharded policy's empty passes leave zero
+    gradients, not None).
     """
     params = [p for p in run.policy.parameters() if p.requires_grad]
-    run.world.sum_gradients(params)  # None stays None only where no process has a gradient
+    if run.sharded:  # FSDP summed the gradients during the backward passes
+        if not run.world.any(trained):
+            run.optimizer.zero_grad(set_to_none=True)  # only empty passes: AdamW must skip, as in one process
+    else:
+        run.world.sum_gradients(params)  # None stays None only where no process has a gradient
     counts = replace(counts, **run.world.sum_counts({"sequences": counts.sequences, "tokens": counts.tokens}))
     normaliser = run.aggregation.normaliser(counts)
     stats["loss"] += stats.pop("loss_sum", 0.0) / max(normaliser, 1)
@@ -384,7 +421,7 @@ def optimizer_step(run: RLRun, counts: StepCounts, stats: dict[str, float]) -> N
         if p.grad is not None:
             p.grad.div_(normaliser)
     max_norm = run.cfg.grad_clip if run.cfg.grad_clip > 0 else float("inf")
-    stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    stats["grad_norm"] = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm)))  # global over shards
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -431,11 +468,12 @@ def train(
     with bar:
         for step in range(start_step, run.total_steps):
             out = rl_step(run, step)
+            done = step + 1
+            due = done == run.total_steps or (run.cfg.checkpoint_every and done % run.cfg.checkpoint_every == 0)
             if world.is_main:  # the others hold the same weights and metrics
                 record_step(run, work_dir, out)
-                done = step + 1
-                if done == run.total_steps or (run.cfg.checkpoint_every and done % run.cfg.checkpoint_every == 0):
-                    save_checkpoint(run, work_dir, done, fingerprint)
+            if due and (world.is_main or run.sharded):  # sharded: every rank gathers, rank 0 writes
+                save_checkpoint(run, work_dir, done, fingerprint)
             m = out.metrics
             bar.set_postfix({"reward": f"{m['reward_mean']:.3f}", "kept": f"{m['kept_fraction']:.2f}",
                              "s/step": f"{m['time_step_s']:.1f}"}, refresh=False)

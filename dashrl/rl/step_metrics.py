@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from dashrl.grading.tasks import count_statuses
 
@@ -34,6 +35,8 @@ class PhaseTimer:
         try:
             yield
         finally:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()  # the phase's kernels count in its own time, not the next one's
             self.seconds[phase] += time.perf_counter() - start
 
 
