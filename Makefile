@@ -5,6 +5,7 @@
 #   make test  create .venv if missing, run the test suite
 #   make test-gpu   the opt-in CUDA tests (tests/test_gpu.py; skipped without a GPU)
 #   make test-vllm  create .venv-vllm (vLLM's CPU build) if missing, run the opt-in vLLM engine tests
+#   make bench-gpu  the GPU suite (python -m benchmarks.gpu): the paper's speed claim at its scale
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -18,7 +19,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-gpu test-vllm lint bench bench-trl lock clean-venv
+.PHONY: run test test-gpu test-vllm lint bench bench-trl bench-gpu lock clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +72,10 @@ bench: $(STAMP)
 
 # TRL's GRPOTrainer against dashrl's DASH (needs data/models/base and data/prepared/arith: make run or
 # dvc repro model prepare@arith). TRL comes from the `bench` extra, at the version in constraints.txt.
+# The GPU suite (docs/scaling.md): on a GPU machine's own Python, no venv (its torch is the machine's).
+bench-gpu:
+	$(PYTHON) -m benchmarks.gpu
+
 bench-trl: $(STAMP)
 	$(PIP) -e '.[bench]'
 	$(BIN)/python -m benchmarks.vs_trl
