@@ -11,7 +11,7 @@ Sections, in order (each prints a table; the budget skips what does not fit, and
     tokens (``--new-tokens``), on Qwen2.5-0.5B and -1.5B architectures with random weights (built
     from their configs: no download). Sampling is fixed-length (no token ends a completion), so every
     side generates the same number of tokens; the reward is synthetic, a set fraction of the groups
-    all-equal (zero variance: DASH filters them). Compared on the same model, batch and lengths:
+    all-equal (zero variance: DASH filters them); beta 0 on every side (no reference model). Compared on the same model, batch and lengths:
     DASH (preemptive sampling, gradient filtering), standard GRPO (sampling inside each micro-step)
     and, when ``trl`` imports, TRL's GRPOTrainer. Standard GRPO samples 64 micro-steps of 4 rows
     one after another; to fit the budget it runs ``--grpo-micro-steps`` of them (the shapes of every
@@ -214,7 +214,8 @@ def synthetic_grade(completions, references, sources=(), grader=None):
 
 
 def rl_cfg(run_name: str, geometry: Geometry, device: torch.device, **overrides: Any):
-    """The params.yaml run (``dash`` or ``grpo``) with the suite's geometry, on the HF engine."""
+    """The params.yaml run (``dash`` or ``grpo``) with the suite's geometry, on the HF engine, without
+    the KL term (beta 0 on every side: TRL would load its reference model from the Hub by name)."""
     from dashrl.config.params import check_rl_run, load_params
 
     cfg = load_params(REPO / "params.yaml").rl.run(run_name)
@@ -223,7 +224,7 @@ def rl_cfg(run_name: str, geometry: Geometry, device: torch.device, **overrides:
         cfg, prompts_per_step=geometry.prompts, group_size=geometry.group, micro_batch_size=geometry.micro,
         max_new_tokens=geometry.new_tokens, steps=2, epochs=None, engine="hf", train_dtype=bf16, rollout_dtype=bf16,
         rollout_batch_rows=geometry.prompts * geometry.group, temperature=1.0, top_p=1.0, top_k=0,
-        ppo_epochs=1, optimizer_steps_per_rollout=1, selector="none", **overrides)
+        ppo_epochs=1, optimizer_steps_per_rollout=1, selector="none", **{"kl_coef": 0.0, **overrides})
     check_rl_run(cfg, f"rl.runs.{run_name}")
     return cfg
 
