@@ -7,16 +7,17 @@
 Sections, in order (each prints a table; the budget skips what does not fit, and says so):
 
 (a) ``pytest -m gpu tests/test_gpu.py`` (skipped with ``--skip-tests`` or without pytest).
-(b) Step time at the paper's geometry: 64 prompts x G 4 = 256 samples, micro-batches of 4, 512 new
+(b) Step time at the paper's geometry (the first model, then (c) and (d), then the second model): 64 prompts x G 4 = 256 samples, micro-batches of 4, 512 new
     tokens (``--new-tokens``), on Qwen2.5-0.5B and -1.5B architectures with random weights (built
     from their configs: no download). Sampling is fixed-length (no token ends a completion), so every
     side generates the same number of tokens; the reward is synthetic, a set fraction of the groups
     all-equal (zero variance: DASH filters them); beta 0 on every side (no reference model). Compared on the same model, batch and lengths:
     DASH (preemptive sampling, gradient filtering), standard GRPO (sampling inside each micro-step)
     and, when ``trl`` imports, TRL's GRPOTrainer. Standard GRPO samples 64 micro-steps of 4 rows
-    one after another; to fit the budget it runs ``--grpo-micro-steps`` of them (the shapes of every
+    one after another; to fit the budget it runs 4 of them (the shapes of every
     micro-step are the same under fixed-length sampling) and its sampling and forward+backward
-    seconds are scaled to 64 (marked "scaled" in the table). Per method: seconds per optimizer step
+    seconds are scaled to 64 (marked "scaled" in the table). Each library method's timed step follows
+    a warm-up step with 16-token completions; TRL runs one step. Per method: seconds per optimizer step
     split into sampling, forward+backward, optimizer and weight sync; sampled and trained tokens/s;
     peak GPU memory; MFU against the chip's measured bf16 matmul rate (FLOPs: 2N per sampled
     token, 6N per trained token, 2N per reference token); one decode step's time against the HBM
@@ -78,8 +79,9 @@ class Geometry:
     zero_variance: float  # share of groups whose rewards are all equal
 
 
-PAPER = Geometry(prompts=64, group=4, micro=4, new_tokens=512, prompt_tokens=128, grpo_micro_steps=8,
+PAPER = Geometry(prompts=64, group=4, micro=4, new_tokens=512, prompt_tokens=128, grpo_micro_steps=4,
                  zero_variance=0.5)
+WARMUP_NEW_TOKENS = 16  # the warm-up step (kernels, allocator) samples this many tokens only
 TINY_GEOMETRY = Geometry(prompts=4, group=2, micro=2, new_tokens=8, prompt_tokens=6, grpo_micro_steps=2,
                          zero_variance=0.5)
 
@@ -274,7 +276,7 @@ class StepTime:
 
 def time_library_step(method: str, config, geometry: Geometry, device: torch.device, tokenizer,
                       problems: pd.DataFrame) -> StepTime:
-    """Step 0 warms up (kernels, allocator); step 1 is timed. Standard GRPO runs ``grpo_micro_steps``
+    """Step 0 warms up (kernels, allocator; short completions); step 1 is timed. Standard GRPO runs ``grpo_micro_steps``
     micro-steps and its per-micro-step phases are scaled to the whole step."""
     import dashrl.rl.loop as loop
 
@@ -290,7 +292,9 @@ def time_library_step(method: str, config, geometry: Geometry, device: torch.dev
     run = build_run(cfg, random_model(config, device), tokenizer, problems)
     grade, loop.grade_completions = loop.grade_completions, synthetic_grade
     try:
-        loop.rl_step(run, 0)
+        run.cfg = dataclasses.replace(cfg, max_new_tokens=min(cfg.max_new_tokens, WARMUP_NEW_TOKENS))
+        loop.rl_step(run, 0)  # warm-up: every kernel and buffer shape of the step, with short completions
+        run.cfg = cfg
         synchronize(device)
         m = loop.rl_step(run, 1).metrics
     finally:
@@ -310,7 +314,9 @@ def time_library_step(method: str, config, geometry: Geometry, device: torch.dev
 
 
 def time_trl_step(config, geometry: Geometry, device: torch.device, tokenizer, problems: pd.DataFrame) -> StepTime:
-    """TRL's GRPOTrainer on the same model, batch, lengths (min_new_tokens = max) and reward."""
+    """TRL's GRPOTrainer on the same model, batch, lengths (min_new_tokens = max) and reward: one step,
+    timed as it is (it runs after dashrl's steps in this process, so CUDA and cuBLAS are initialised;
+    TRL's own first-step costs are in it, which favours dashrl slightly)."""
     import tempfile
 
     from datasets import Dataset
@@ -318,7 +324,7 @@ def time_trl_step(config, geometry: Geometry, device: torch.device, tokenizer, p
     from trl import GRPOConfig, GRPOTrainer
 
     cfg = rl_cfg("dash", geometry, device)
-    rows = pd.concat([problems] * 2, ignore_index=True).iloc[: 2 * geometry.prompts]
+    rows = problems.iloc[: geometry.prompts]
     dataset = Dataset.from_dict({"prompt": list(rows["prompt"]), "answer": list(rows["answer"])})
 
     def reward(completions, answer, **_):
@@ -326,7 +332,7 @@ def time_trl_step(config, geometry: Geometry, device: torch.device, tokenizer, p
 
     args = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="dashrl-gpu-trl-"), use_cpu=device.type == "cpu",
-        bf16=device.type == "cuda", seed=cfg.seed, max_steps=2, per_device_train_batch_size=geometry.micro,
+        bf16=device.type == "cuda", seed=cfg.seed, max_steps=1, per_device_train_batch_size=geometry.micro,
         gradient_accumulation_steps=geometry.prompts * geometry.group // geometry.micro,
         num_generations=geometry.group, max_completion_length=geometry.new_tokens,
         generation_kwargs={"min_new_tokens": geometry.new_tokens}, temperature=1.0, top_p=1.0,
@@ -500,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny configs and geometry (the CPU test)")
     parser.add_argument("--new-tokens", type=int, help="completion length in (b) (default 512)")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="skip sections that would start past this")
+    parser.add_argument("--budget-s", type=float, default=360.0, help="start no section past this many seconds")
     parser.add_argument("--skip-tests", action="store_true", help="leave out (a)")
     parser.add_argument("--embedded-gguf", type=Path, help="the SmolLM2 GGUF file for (d)")
     parser.add_argument("--embedded-steps", type=int, default=8)
@@ -533,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     run_section("(a)", budget_end, tests)
 
     ratios: dict[str, float | None] = {"grpo": None, "trl": None}
+    sections: list[tuple[str, Callable[[], list[str]]]] = []
     for index, (name, arch) in enumerate(archs.items()):
         def speed(name=name, arch=arch, first=index == 0) -> list[str]:
             config = qwen_config(arch, vocab)
@@ -557,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             n_params = sum(p.numel() for p in random_model(config, torch.device("meta")).parameters())
             return [*step_table(name, n_params, results, geometry, peak_flops, bandwidth), trl_line]
 
-        run_section(f"(b) {name}", budget_end, speed)
+        sections.append((f"(b) {name}", speed))
 
     def memory() -> list[str]:
         config = qwen_config(big[1], vocab)
@@ -568,7 +575,6 @@ def main(argv: list[str] | None = None) -> int:
             return [f"{head}; measured: n/a on the CPU (this process's RSS holds every earlier section)"]
         return [f"{head}, peak GPU memory allocated {measured / 2**30:.2f} GiB (plan / measured {planned / measured:.2f})"]
 
-    run_section("(c)", budget_end, memory)
 
     def embedded() -> list[str]:
         steps = 1 if args.tiny else args.embedded_steps
@@ -580,7 +586,9 @@ def main(argv: list[str] | None = None) -> int:
         return [f"(d) SmolLM2-135M-Instruct, {steps} DASH steps on arith ({small.prompts} prompts x G {small.group}, "
                 f"HF engine): reward per step {rewards}; logprob_gap_mean max {max(gaps):.4f}"]
 
-    run_section("(d)", budget_end, embedded)
+    # The first model's speed, then memory and the real model; the other models as the budget allows.
+    for title, body in [sections[0], ("(c)", memory), ("(d)", embedded), *sections[1:]]:
+        run_section(title, budget_end, body)
 
     log(f"suite: {time.perf_counter() - start:.0f} s on {device_name(device)}")
     for other in ("grpo", "trl"):

@@ -97,7 +97,7 @@ def test_a_boolean_tree_mask_under_eager_attention_would_be_wrong(tiny_tokenizer
     model.set_attn_implementation("eager")
     batch = pack_trees(*sequences(1), PAD, CPU)
     decoder = model.get_decoder()
-    right = batch_logprobs(model, batch, 0.7)
+    right = batch_logprobs(model, batch, 0.7).detach()
     raw = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                   use_cache=False).last_hidden_state
     hidden = raw.reshape(-1, raw.shape[-1])[batch.predictor_index]
