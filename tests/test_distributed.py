@@ -157,6 +157,31 @@ def test_rl_stage_runs_under_torchrun(workspace):
     assert log.count("rl@dash done") == 1  # rank 0 reports; rank 1 exits after training
 
 
+def test_rl_stage_runs_sharded_under_torchrun(workspace):
+    """parallel: fsdp through the stage: the final model is gathered onto rank 0 as one HF directory."""
+    import yaml
+
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["rl"]["common"]["parallel"] = "fsdp"
+    # The tiny random model earns no reward: with the filter off and weight decay every step still
+    # moves every weight by the same factor (AdamW's decoupled decay; zero gradients add nothing).
+    params["rl"]["common"].update(filter_threshold=0.0, weight_decay=0.5, kl_coef=0.0)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    prepare_stage.main(load_params("params.yaml"), "arith")
+    log = torchrun(["-m", "stages.rl", "dash"], cwd=workspace)
+    assert log.count("rl@dash done") == 1
+    saved_model = load_model(workspace / "data/models/dash")
+    initial = load_model(workspace / "data/models/base").state_dict()
+    state = saved_model.state_dict()
+    assert state.keys() == initial.keys()
+    assert all(state[k].shape == initial[k].shape for k in state)  # whole tensors, not a rank's shard
+    metrics = [json.loads(line) for line in (workspace / "data/rl/dash/metrics.jsonl").read_text().splitlines()]
+    moved = any(not torch.equal(state[k], initial[k]) for k in state)
+    assert sum(m["optimizer_steps"] for m in metrics) == 2 and moved
+    factors = torch.cat([(state[k] / initial[k])[initial[k].abs() > 1e-3].flatten() for k in state])
+    assert float(factors.max() - factors.min()) < 1e-5 and float(factors.mean()) < 1  # one factor: every shard gathered
+
+
 # ------------------------------------------------------------------------------------------------
 # Start-up checks and the single-process world
 
