@@ -49,6 +49,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from dashrl.infra.hardware import matmul_flops_per_s
+
 REPO = Path(__file__).resolve().parents[1]
 
 # config.json of Qwen/Qwen2.5-{0.5B,1.5B,3B} (architecture fields; tied embeddings, vocab 151,936).
@@ -105,22 +107,6 @@ def device_name(device: torch.device) -> str:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, seconds: float = 1.0) -> float:
-    """Measured FLOP/s of a square matmul (2 size^3 per product)."""
-    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-        if count % 8 == 0:
-            synchronize(device)
-    synchronize(device)
-    return 2 * size**3 * count / (time.perf_counter() - start)
 
 
 def memory_bandwidth(device: torch.device, n_bytes: int, seconds: float = 1.0) -> float:
@@ -522,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
                                                         QWEN_VOCAB)
     big = ("tiny-b", TINY["tiny-b"]) if args.tiny else ("qwen2.5-3b", QWEN["qwen2.5-3b"])
     size = 256 if args.tiny else 8192
-    peak_flops = matmul_rate(device, torch.bfloat16 if device.type == "cuda" else torch.float32, size)
+    peak_flops = matmul_flops_per_s(torch.bfloat16 if device.type == "cuda" else torch.float32, size, size, size,
+                                    device=device.type)
     bandwidth = memory_bandwidth(device, (64 if args.tiny else 1024) * 2**20)
     log(f"device: {device_name(device)}; torch {torch.__version__}; measured "
         f"{'bf16' if device.type == 'cuda' else 'fp32'} matmul ({size}^3) {peak_flops / 1e12:.3g} TFLOP/s, "

@@ -45,6 +45,8 @@ from typing import Any
 import torch
 
 from dashrl.config.params import Params, ParamsError, RLRunParams, SFTRunParams, load_params
+from dashrl.engines.factory import auto_engine
+from dashrl.models import embedded_config
 
 GIB = 1024**3
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -100,13 +102,7 @@ def read_config(source: str | Path) -> Any:
     from transformers import AutoConfig
 
     if str(source) == "embedded":
-        from dashrl.models import find_embedded_gguf
-
-        gguf = find_embedded_gguf()
-        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        return config
+        return embedded_config()
     return AutoConfig.from_pretrained(source)
 
 
@@ -276,8 +272,8 @@ def rl_setting(name: str, cfg: RLRunParams, world_size: int, prompt_tokens: int,
     from dashrl.infra.hardware import resolve_dtype
 
     train, rollout = resolve_dtype(cfg.train_dtype, device), resolve_dtype(cfg.rollout_dtype, device)
-    engine = cfg.engine if cfg.engine != "auto" else ("vllm" if device.startswith("cuda") and _vllm() else "hf")
     fsdp = cfg.parallel == "fsdp" and world_size > 1
+    engine = cfg.engine if cfg.engine != "auto" else auto_engine(device.startswith("cuda"), share_policy=not fsdp)
     return Setting(
         name=f"rl.runs.{name}", kind="rl", world_size=world_size, parallel=cfg.parallel,
         gradient_checkpointing=cfg.gradient_checkpointing, compute_dtype=train, micro_batch_size=cfg.micro_batch_size,
@@ -296,12 +292,6 @@ def sft_setting(name: str, cfg: SFTRunParams, device: str) -> Setting:
         micro_batch_size=cfg.batch_size, sequence_tokens=cfg.max_length, completion_tokens=cfg.max_length,
         accumulates=False,
     )
-
-
-def _vllm() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
 
 
 def plans(params: Params, shape: ModelShape, *, world_size: int, device: str, capacity_bytes: float,

@@ -47,14 +47,21 @@ def find_embedded_gguf() -> Path:
     return ggufs[0]
 
 
+def embedded_config() -> Any:
+    """The embedded model's config, from the GGUF's metadata, without its quantizer (a plain model's)."""
+    gguf = find_embedded_gguf()
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
 def load_embedded(dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The embedded GGUF model as a plain, trainable, serialisable HF model (offline)."""
     gguf = find_embedded_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
+    config = embedded_config()
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
     # Tied embeddings may appear as "missing" for lm_head; anything else is a real mismatch.

@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"infra"},
     "report": {"infra"},  # tables and figures from recorded metrics (infra: the seeded bootstrap streams)
     "models": {"config", "infra"},
-    "memory": {"models", "config", "infra"},  # the memory plan: a model's config and a run's params in, bytes out
+    "memory": {"engines", "models", "config", "infra"},  # the memory plan: a model's config and a run's params in, bytes out
     "grading": {"data", "config", "infra"},
     "engines": {"algo", "models", "config", "infra"},
     "rl": {"algo", "engines", "grading", "data", "models", "config", "infra"},

@@ -41,7 +41,7 @@ def make_engine(
     """
     name = cfg.engine
     if name == "auto":
-        name = "vllm" if share_policy and torch.cuda.is_available() and _vllm_available() else "hf"
+        name = auto_engine(torch.cuda.is_available(), share_policy)
         log.info("engine: auto -> %s (cuda available: %s, vllm importable: %s)",
                  name, torch.cuda.is_available(), _vllm_available())
     extra_gpus = rollout_gpus(cfg, world)
@@ -131,6 +131,13 @@ def _make_vllm_engine(
         tensor_parallel_size=cfg.vllm_tensor_parallel_size, max_num_seqs=cfg.rollout_batch_rows, seed=cfg.seed,
         device_ids=device_ids,
     )
+
+
+def auto_engine(on_cuda: bool, share_policy: bool = True) -> str:
+    """What ``engine: auto`` picks: vLLM on a GPU where vllm is installed, HF otherwise, and HF for a
+    policy that will be sharded (vLLM's sync takes the whole state). ``on_cuda``: the device the run
+    trains on (the memory plan asks for a machine other than this one)."""
+    return "vllm" if share_policy and on_cuda and _vllm_available() else "hf"
 
 
 def _vllm_available() -> bool:
