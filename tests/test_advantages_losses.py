@@ -139,8 +139,8 @@ def test_loss_aggregation_weights_are_per_row(name):
 
 
 def test_registered_aggregations_and_unknown_name():
-    assert set(LOSS_AGGREGATIONS) == {"grpo", "bnpo", "dr_grpo"}
-    with pytest.raises(ValueError, match=r"unknown loss_agg 'nope' \(valid: bnpo, dr_grpo, grpo\)"):
+    assert set(LOSS_AGGREGATIONS) == {"grpo", "bnpo", "dapo", "dr_grpo"}
+    with pytest.raises(ValueError, match=r"unknown loss_agg 'nope' \(valid: bnpo, dapo, dr_grpo, grpo\)"):
         get_loss_agg("nope")
 
 

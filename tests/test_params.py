@@ -142,5 +142,5 @@ def test_the_variant_names_params_accepts_are_exactly_the_registered_ones():
 def test_an_unregistered_variant_name_fails_with_the_valid_names():
     raw = raw_params()
     raw["rl"]["runs"]["dash"]["loss_agg"] = "token_mean"
-    with pytest.raises(ParamsError, match=r"rl.runs.dash.loss_agg: 'token_mean': unknown \(valid: bnpo, dr_grpo, grpo\)"):
+    with pytest.raises(ParamsError, match=r"rl.runs.dash.loss_agg: 'token_mean': unknown \(valid: bnpo, dapo, dr_grpo, grpo\)"):
         from_mapping(Params, raw, where="params.yaml")

@@ -77,6 +77,7 @@ DEFAULTS = {
     "loss_agg": "dr_grpo",
     "kl_coef": 0.0,
     "kl_reference": None,
+    "tis_cap": None,  # fp32 training and the HF engine: what tis_cap auto resolves to (resolve_tis_cap)
     "ppo_epochs": 1,
     "optimizer_steps_per_rollout": 1,
     "clip_low": 0.2,
@@ -775,7 +776,7 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_model_dir, t
         ({"group_size": 1}, "group_size", "1", "must be >= 2"),
         ({"group_size": 16, "scale_rewards": False, "filter_threshold": 0.1}, "filter_threshold", "0.1",
          "would drop samples with non-zero advantage: with group_size 16 and scale_rewards False the smallest non-zero |A| is 0.0625"),
-        ({"loss_agg": "nope"}, "loss_agg", "'nope'", "unknown (valid: bnpo, dr_grpo, grpo)"),
+        ({"loss_agg": "nope"}, "loss_agg", "'nope'", "unknown (valid: bnpo, dapo, dr_grpo, grpo)"),
         ({"kl_coef": 0.04, "kl_reference": None}, "kl_reference", "None", "needs a reference model"),
         ({"sampling": "per_micro_batch", "micro_batch_size": 2}, "micro_batch_size", "2",
          "needs a multiple of group_size 4"),

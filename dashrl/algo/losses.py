@@ -23,8 +23,17 @@ is split into micro-batches. The loop back-propagates sum(weights * loss) per mi
 divides the accumulated gradient by the normaliser once, before clipping:
 
     grpo     sum_i (1/|y_i|) sum_t loss_{i,t} / N          (mean of per-sequence token means)
-    bnpo     sum_{i,t} loss_{i,t} / (total tokens)
+    dapo     sum_{i,t} loss_{i,t} / (total tokens)          (DAPO's token-level loss; TRL's default)
+    bnpo     the same as dapo here (see below)
     dr_grpo  sum_{i,t} loss_{i,t} / (N x max_new_tokens)    (all of the paper's scripts)
+
+N and "total tokens" count the step's samples as ``filter_norm`` says: every selected sample
+(``original``: a filtered sample's tokens stay in the denominator, so tau = 0 is lossless at beta = 0)
+or the kept ones only (``kept``). dapo with ``filter_norm: kept`` is DAPO's own objective: its dynamic
+sampling never lets a zero-advantage group into the batch, so their tokens never count; with
+``original`` it is TRL's dapo (every sampled token counts). TRL's bnpo divides each micro-batch by its
+own token count, so its weights depend on how the step is split; dashrl's ``bnpo`` always used the
+whole step's count, which is dapo: the name stays for configs that use it.
 """
 
 from __future__ import annotations
@@ -82,7 +91,16 @@ def _grpo_weights(mask: torch.Tensor) -> torch.Tensor:
     return mask / mask.sum(dim=-1, keepdim=True).clamp(min=1)  # (B, T): 1/|y_i| on each real token
 
 
-@register_loss_agg("bnpo", normaliser=lambda c: c.tokens)
+def _total_tokens(counts: StepCounts) -> float:
+    return counts.tokens  # every counted completion token of the whole step (all micro-batches and processes)
+
+
+@register_loss_agg("dapo", normaliser=_total_tokens)
+def _dapo_weights(mask: torch.Tensor) -> torch.Tensor:
+    return mask  # (B, T): each token weighs the same, whichever sequence it is in
+
+
+@register_loss_agg("bnpo", normaliser=_total_tokens)
 def _bnpo_weights(mask: torch.Tensor) -> torch.Tensor:
     return mask  # (B, T)
 
@@ -124,6 +142,19 @@ def policy_token_loss(
     return loss, was_clipped
 
 
+def truncated_is_weights(target_logp: torch.Tensor, behaviour_logp: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Per-token importance weights min(pi_target / pi_behaviour, cap), no gradient. (B, T), (B, T) -> (B, T).
+
+    Truncated importance sampling (Ionides 2008; for RL on LLMs, Yao et al. 2025): the rollout engine
+    (a bf16 copy, another kernel, vLLM) samples from pi_behaviour while the update assumes the
+    trainer's pi_target; the weight corrects the mismatch, truncation at ``cap`` bounds its variance.
+    ``cap`` None: the untruncated ratio (a metric). The log-ratio is clamped at ``LOG_RATIO_MAX``.
+    """
+    with torch.no_grad():
+        ratio = torch.exp((target_logp - behaviour_logp).clamp(max=LOG_RATIO_MAX))  # (B, T)
+        return ratio if cap is None else ratio.clamp(max=cap)
+
+
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token k3 estimate of KL(policy || reference). (B, T) -> (B, T), >= 0.
 
@@ -141,17 +172,32 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor | None 
 
 
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float, top_k: int = 0,
-                   top_p: float = 1.0) -> torch.Tensor:
-    """Log-probs of ``token_ids`` under the sampling distribution of ``logits``. (..., V), (...) -> (...)."""
+                   top_p: float = 1.0, with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of ``token_ids`` under the sampling distribution of ``logits``. (..., V), (...) -> (...).
+
+    ``with_entropy``: also the entropy (nats) of that distribution at each position (...), without
+    gradient (a metric: computed from the same (..., V) scores, so it costs one softmax, no forward)."""
     if top_k == 0 and top_p == 1.0:
         # Full softmax: log p = z/T - logsumexp(z/T), without materialising (..., V) log-probs.
         scaled = logits.float() / temperature  # (..., V)
         chosen = scaled.gather(-1, token_ids[..., None]).squeeze(-1)  # (...)
-        return chosen - torch.logsumexp(scaled, dim=-1)  # (...)
+        log_z = torch.logsumexp(scaled, dim=-1)  # (...)
+        if not with_entropy:
+            return chosen - log_z  # (...)
+        with torch.no_grad():
+            # H = log Z - E_p[z/T]
+            entropy = log_z - (scaled.softmax(-1) * scaled).sum(-1)  # (...)
+        return chosen - log_z, entropy
     logp = sampling_logprobs(logits, temperature, top_k, top_p)  # (..., V)
     # A token sampled under slightly different weights (bf16 engine, PPO reuse) may fall outside the
     # current top-k/top-p set: a finite floor keeps the ratio defined; such a token gets no gradient.
-    return logp.gather(-1, token_ids[..., None]).squeeze(-1).clamp(min=LOGP_FLOOR)  # (...)
+    chosen = logp.gather(-1, token_ids[..., None]).squeeze(-1).clamp(min=LOGP_FLOOR)  # (...)
+    if not with_entropy:
+        return chosen
+    with torch.no_grad():
+        inside = torch.isfinite(logp)  # (..., V): the top-k / top-p set; -inf outside contributes 0
+        entropy = -torch.where(inside, logp.exp() * logp, 0.0).sum(-1)  # (...)
+    return chosen, entropy
 
 
 def completion_logprobs(
@@ -162,11 +208,13 @@ def completion_logprobs(
     temperature: float,
     top_k: int = 0,
     top_p: float = 1.0,
-) -> torch.Tensor:
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the completion tokens under the sampling distribution (the padded layout).
 
     input_ids, attention_mask: (B, Tp + Tc), prompts left-padded to Tp, completions right-padded to
-    Tc; completion_ids: (B, Tc). Returns (B, Tc). The head runs only on the Tc + 1 last positions.
+    Tc; completion_ids: (B, Tc). Returns (B, Tc) (``with_entropy``: and the entropy (B, Tc)). The
+    head runs only on the Tc + 1 last positions.
     """
     n_completion = completion_ids.shape[1]
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, Tp + Tc)
@@ -174,7 +222,7 @@ def completion_logprobs(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=n_completion + 1,
         use_cache=False,
     ).logits[:, :-1, :]  # (B, Tc, V): position t predicts completion token t
-    return token_logprobs(logits, completion_ids, temperature, top_k, top_p)  # (B, Tc)
+    return token_logprobs(logits, completion_ids, temperature, top_k, top_p, with_entropy)  # (B, Tc)
 
 
 # Attention kernels that read a custom 4-D mask. transformers hands a 4-D mask to the kernel as it
@@ -221,9 +269,11 @@ def tree_attention_mask(visible: torch.Tensor, model: PreTrainedModel) -> torch.
 
 
 def tree_completion_logprobs(
-    model: PreTrainedModel, batch: TreeBatch, temperature: float, top_k: int = 0, top_p: float = 1.0
-) -> torch.Tensor:
-    """The same log-probs from the tree layout (``dashrl.algo.batching.pack_trees``). Returns (B, Tc), 0 at padding.
+    model: PreTrainedModel, batch: TreeBatch, temperature: float, top_k: int = 0, top_p: float = 1.0,
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The same log-probs from the tree layout (``dashrl.algo.batching.pack_trees``). Returns (B, Tc), 0 at padding
+    (``with_entropy``: and the entropy (B, Tc), 0 at padding).
 
     The decoder runs on the packed rows; the head only on the N positions that predict a completion
     token. Needs a model whose logits are ``lm_head(last hidden state)`` (Llama, Qwen2, SmolLM, ...).
@@ -235,23 +285,33 @@ def tree_completion_logprobs(
     hidden = hidden.reshape(-1, hidden.shape[-1])[batch.predictor_index]  # (N, H)
     logits = model.get_output_embeddings()(hidden)  # (N, V)
     targets = batch.completion_ids[batch.token_row, batch.token_col]  # (N,)
-    flat = token_logprobs(logits, targets, temperature, top_k, top_p)  # (N,)
-    out = flat.new_zeros(batch.completion_ids.shape)  # (B, Tc)
-    return out.index_put((batch.token_row, batch.token_col), flat)  # (B, Tc)
+    where = (batch.token_row, batch.token_col)
+    if not with_entropy:
+        flat = token_logprobs(logits, targets, temperature, top_k, top_p)  # (N,)
+        return flat.new_zeros(batch.completion_ids.shape).index_put(where, flat)  # (B, Tc)
+    flat, entropy = token_logprobs(logits, targets, temperature, top_k, top_p, with_entropy=True)  # (N,), (N,)
+    return (flat.new_zeros(batch.completion_ids.shape).index_put(where, flat),  # (B, Tc)
+            entropy.new_zeros(batch.completion_ids.shape).index_put(where, entropy))  # (B, Tc)
 
 
 def batch_logprobs(
-    model: PreTrainedModel, batch: PackedBatch | TreeBatch, temperature: float, top_k: int = 0, top_p: float = 1.0
-) -> torch.Tensor:
-    """Completion log-probs (B, Tc) of a batch in either layout (``dashrl.algo.batching``), 0 at padding.
+    model: PreTrainedModel, batch: PackedBatch | TreeBatch, temperature: float, top_k: int = 0, top_p: float = 1.0,
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Completion log-probs (B, Tc) of a batch in either layout (``dashrl.algo.batching``), 0 at padding;
+    ``with_entropy``: (log-probs, entropy of the sampling distribution (B, Tc), no gradient, 0 at padding).
 
     ``top_k`` 0 and ``top_p`` 1 give the temperature-only distribution (the KL reference's).
     """
     if isinstance(batch, TreeBatch):
-        return tree_completion_logprobs(model, batch, temperature, top_k, top_p)  # 0 at padding already
-    logp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.completion_ids, temperature, top_k,
-                               top_p)  # (B, Tc)
-    return torch.where(batch.completion_mask > 0, logp, torch.zeros_like(logp))  # a padded row's floor is not a value
+        return tree_completion_logprobs(model, batch, temperature, top_k, top_p, with_entropy)  # 0 at padding already
+    out = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.completion_ids, temperature, top_k,
+                              top_p, with_entropy)  # (B, Tc), or ((B, Tc), (B, Tc))
+    real = batch.completion_mask > 0  # (B, Tc): a padded row's floor is not a value
+    if not with_entropy:
+        return torch.where(real, out, torch.zeros_like(out))
+    logp, entropy = out
+    return torch.where(real, logp, torch.zeros_like(logp)), torch.where(real, entropy, torch.zeros_like(entropy))
 
 
 class LogprobModel(torch.nn.Module):
@@ -267,5 +327,5 @@ class LogprobModel(torch.nn.Module):
         self.model = model
 
     def forward(self, batch: PackedBatch | TreeBatch, temperature: float, top_k: int = 0,
-                top_p: float = 1.0) -> torch.Tensor:
-        return batch_logprobs(self.model, batch, temperature, top_k, top_p)  # (B, Tc)
+                top_p: float = 1.0, with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return batch_logprobs(self.model, batch, temperature, top_k, top_p, with_entropy)  # (B, Tc)

@@ -28,7 +28,7 @@ class ParamsError(ValueError):
 # Names of the registered variants that params may choose. The registries live with their code
 # (dashrl.algo.losses.LOSS_AGGREGATIONS, dashrl.rl.selectors.SELECTORS); the config knows only the
 # names, and tests/test_params.py pins these tuples to the registries' keys.
-LOSS_AGG_NAMES = ("grpo", "bnpo", "dr_grpo")
+LOSS_AGG_NAMES = ("grpo", "bnpo", "dapo", "dr_grpo")
 SELECTOR_NAMES = ("none", "dapo", "pods", "greso")
 # The code sandbox runs each job under one of this many dedicated uids (dashrl.grading.sandbox):
 # at most this many jobs can be in flight.
@@ -231,7 +231,7 @@ class RLRunParams:
     greso_history: int  # greso: a prompt whose last greso_history groups were all zero-variance is skipped ...
     greso_explore: float  # greso: ... unless kept with this probability (exploration)
     scale_rewards: bool  # divide group advantages by (unbiased std + 1e-4)
-    loss_agg: str  # registered aggregation: grpo | bnpo | dr_grpo
+    loss_agg: str  # registered aggregation: grpo | dapo | bnpo | dr_grpo
     kl_coef: float  # beta; 0 = no KL term and no reference model loaded
     kl_reference: Literal["init"] | None  # the frozen model the KL is measured to
     ppo_epochs: int  # mu: passes over each sampled batch (PPO-Multi)
@@ -259,6 +259,12 @@ class RLRunParams:
     seed: int
     checkpoint_every: int  # rollout steps between checkpoints (0: only at the end)
     keep_checkpoints: int  # newest checkpoints kept on disk
+    # Today's GRPO baseline knobs (docs/algorithm.md §7).
+    tis_cap: float | Literal["auto"] | None = "auto"  # truncated IS: weight each token by min(pi_trainer / pi_engine, cap);
+    # auto: 2.0 unless the engine samples with the trainer's numerics (HF engine, fp32 both); null / 0: off
+    mask_truncated: bool = False  # completions cut at max_new_tokens are not trained (rewards still in the group stats)
+    kl_norm: Literal["original", "kept"] = "original"  # KL term's normaliser under filtering: as the policy term (original,
+    # the paper's code: beta x kept share per kept token) | kept (beta per kept token)
     # How the step runs, not what it computes (optional keys, absent from the CPU default; docs/scaling.md).
     # They stay out of the run fingerprint (EXECUTION_KEYS): a run resumes under another setting.
     gradient_checkpointing: bool = False  # recompute each decoder layer's activations in the backward pass
@@ -534,6 +540,10 @@ def check_rl_run(run: RLRunParams, key: str) -> None:
             f"{run.scale_rewards} the smallest non-zero |A| is {smallest:.4f}")
     require(run.loss_agg in LOSS_AGG_NAMES, "loss_agg", run.loss_agg, f"unknown (valid: {', '.join(sorted(LOSS_AGG_NAMES))})")
     require(run.kl_coef >= 0, "kl_coef", run.kl_coef, "must be >= 0")
+    require(run.tis_cap in (None, "auto") or run.tis_cap == 0 or run.tis_cap >= 1, "tis_cap", run.tis_cap,
+            "must be >= 1 (a cap on the importance weight), auto, or 0 / null for off")
+    require(run.kl_norm == "original" or run.sampling == "preemptive", "kl_norm", run.kl_norm,
+            "kept needs sampling: preemptive (the update's kept share is known before its first backward pass)")
     require(run.kl_coef == 0 or run.kl_reference is not None, "kl_reference", run.kl_reference,
             f"kl_coef {run.kl_coef} > 0 needs a reference model (kl_reference: init)")
     require(run.ppo_epochs >= 1, "ppo_epochs", run.ppo_epochs, "must be >= 1")

@@ -11,7 +11,7 @@ level a run reaches) separates the streams that would otherwise start from the s
     MBPP+ train/test split           random.Random(MBPPPLUS_SPLIT_SEED)                data.code_tasks (the paper's)
     RL sampling, step t, unit u      derive_seed(seed, t, u)                           rl.loop.sampling_config
     RL prompt order, epoch e         derive_seed(seed, PROMPT_ORDER_SALT, e)           rl.run.PromptSchedule
-    dapo extra round r               rng(seed, DAPO_STREAM_SALT, t, r, rank)           rl.selectors (dapo)
+    dapo extra prompts, step t       rng(seed, DAPO_STREAM_SALT, t)[rank::W]           rl.selectors (dapo)
     greso refill prompts             rng(seed, GRESO_STREAM_SALT, t)                   rl.selectors (greso)
     greso exploration coins          rng(seed, GRESO_EXPLORE_SALT, t)                  rl.selectors (greso)
     SFT example order, epoch e       derive_seed(seed, e)                              sft

@@ -70,6 +70,7 @@ from dashrl.algo.losses import (
     batch_logprobs,
     kl_k3,
     policy_token_loss,
+    truncated_is_weights,
 )
 from dashrl.config.params import GraderParams, PromptParams, RLRunParams
 from dashrl.data.loaders import task_of
@@ -80,7 +81,7 @@ from dashrl.infra.progress import progress
 from dashrl.infra.seeds import derive_seed
 from dashrl.models import eval_mode, render_prompt
 from dashrl.rl.checkpoints import latest_checkpoint, restore_checkpoint, run_fingerprint, save_checkpoint
-from dashrl.rl.run import RLRun, build_run, resolve_dtypes
+from dashrl.rl.run import RLRun, build_run, resolve_dtypes, resolve_tis_cap
 from dashrl.rl.run_log import record_step, start_work_dir
 from dashrl.rl.samples import Group, MicroBatch, Sample, StepOutput, TreeMicroBatch
 from dashrl.rl.step_metrics import PhaseTimer, gather_step, rollout_frame, step_metrics
@@ -126,11 +127,12 @@ def rl_step(run: RLRun, step: int) -> StepOutput:
                 for batch in aligned(run, micro_batches([s for s in update if s.kept], cfg.micro_batch_size, cfg.packing)):
                     with timer("forward_backward"):
                         recompute_old_logprobs(run, batch, stats)
+        kl_scales = [kl_scale(run, update) for update in updates]  # 1 unless kl_norm: kept
         for _epoch in range(cfg.ppo_epochs):
-            for update in updates:
+            for update, scale in zip(updates, kl_scales, strict=True):
                 for batch in aligned(run, micro_batches([s for s in update if s.kept], cfg.micro_batch_size, cfg.packing)):
                     with timer("forward_backward"):
-                        backward(run, batch, stats)
+                        backward(run, batch, stats, scale)
                 with timer("optimizer"):
                     optimizer_step(run, step_counts(update, cfg.max_new_tokens, cfg.filter_norm), stats,
                                    trained=any(s.kept for s in update))
@@ -212,6 +214,10 @@ def score_groups(run: RLRun, groups: list[Group], offset: int = 0) -> list[Sampl
     """Steps 3-4: group advantages over the completions each trained group keeps (``chosen``), the
     keep-mask; one Sample per generated completion, the others marked not selected.
 
+    ``mask_truncated``: a completion cut at max_new_tokens keeps its reward in its group's advantage
+    statistics but is never trained and not counted by the normaliser (``masked``), as if the loss
+    had not seen it (DAPO's overlong filtering).
+
     Trained groups are numbered ``offset``, ``offset + 1``, ... in order; groups generated and not
     trained get prompt indices from P on (outside every update's range)."""
     cfg = run.cfg
@@ -232,11 +238,12 @@ def score_groups(run: RLRun, groups: list[Group], offset: int = 0) -> list[Sampl
             n_untrained += 1
         for j, (completion, grade) in enumerate(zip(g.completions, g.grades, strict=True)):
             k = column.get(j)
+            masked = k is not None and cfg.mask_truncated and completion.finish_reason == "length"
             samples.append(Sample(
                 problem_id=g.problem_id, level=g.level, prompt_index=index, sample_index=j, prompt_ids=g.prompt_ids,
                 completion=completion, reward=grade.reward, grade_status=grade.status,
                 advantage=0.0 if k is None else float(advantages[row, k]),
-                kept=False if k is None else bool(keep[row, k]), selected=k is not None,
+                kept=False if k is None else bool(keep[row, k]) and not masked, selected=k is not None, masked=masked,
             ))
     return samples
 
@@ -295,37 +302,51 @@ def pack(samples: list[Sample], pad_id: int, device: torch.device, packing: str 
 # 5) backward
 
 
-def check_behaviour_logprobs(samples: list[Sample]) -> None:
-    """An off-policy update needs every sample's behaviour log-probs: a missing one is the engine's
-    bug, never a silent 0."""
+def check_behaviour_logprobs(samples: list[Sample], why: str = "an off-policy update (ppo_epochs or "
+                             "optimizer_steps_per_rollout > 1)") -> None:
+    """An off-policy update (or truncated IS) needs every sample's behaviour log-probs: a missing
+    one is the engine's bug, never a silent 0."""
     for s in samples:
         given = s.completion.logprobs
         if given is None or len(given) != s.completion.n_tokens:
             have = "no" if given is None else f"{len(given)} (for {s.completion.n_tokens} tokens)"
             raise ValueError(f"problem {s.problem_id!r} (prompt {s.prompt_index}, sample {s.sample_index}): the rollout "
-                             f"engine returned {have} behaviour log-probs; an off-policy update (ppo_epochs or "
-                             f"optimizer_steps_per_rollout > 1) needs one per token")
+                             f"engine returned {have} behaviour log-probs; {why} needs one per token")
 
 
-def policy_logprobs(run: RLRun, batch: MicroBatch | TreeMicroBatch) -> torch.Tensor:
-    """The policy's completion log-probs (B, Tc) under the sampling distribution, float32, 0 at padding.
+def policy_logprobs(run: RLRun, batch: MicroBatch | TreeMicroBatch,
+                    with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The policy's completion log-probs (B, Tc) under the sampling distribution, float32, 0 at padding
+    (``with_entropy``: and the distribution's entropy per token (B, Tc), no gradient).
 
     Eval mode: no dropout (train mode enables nothing else in these models, except activation
     checkpointing, which ``eval_mode`` keeps), gradients still flow; the engine may share this module. No KV cache (``dashrl.algo.losses``)."""
     cfg = run.cfg
     eval_mode(run.policy)  # checkpointing (where enabled) stays on
     with run.autocast():
-        return run.trainer(batch, cfg.temperature, cfg.top_k, cfg.top_p).float()  # (B, Tc)
+        if not with_entropy:
+            return run.trainer(batch, cfg.temperature, cfg.top_k, cfg.top_p).float()  # (B, Tc)
+        logp, entropy = run.trainer(batch, cfg.temperature, cfg.top_k, cfg.top_p, with_entropy=True)  # (B, Tc) x 2
+        return logp.float(), entropy.float()
 
 
 def record_logprob_gap(samples: list[Sample], batch: MicroBatch | TreeMicroBatch, trainer_logp: torch.Tensor,
-                       stats: dict[str, float]) -> None:
-    """The engine-vs-trainer gap |l_behaviour - l_trainer| at the weights that sampled (a metric)."""
+                       stats: dict[str, float], tis_cap: float | None) -> None:
+    """The engine-vs-trainer mismatch at the weights that sampled (metrics): the log-prob gap
+    |l_behaviour - l_trainer|, and the error of the update's importance weight per token,
+    uncorrected |rho - 1| (the weight 1 an uncorrected update uses) and corrected |rho - w| with
+    w = min(rho, tis_cap) (what truncation leaves; = uncorrected when TIS is off)."""
     has = torch.tensor([s.completion.logprobs is not None for s in samples], device=trainer_logp.device)  # (B,)
     counted = has[:, None] & (batch.completion_mask > 0)  # (B, Tc)
     gap = torch.where(counted, (trainer_logp.detach() - batch.behaviour_logprobs).abs(), 0.0)  # (B, Tc)
     stats["logprob_gap_sum"] += float(gap.sum())
     stats["logprob_gap_tokens"] += float(counted.sum())
+    rho = truncated_is_weights(trainer_logp.detach(), batch.behaviour_logprobs, None)  # (B, Tc) untruncated
+    weight = truncated_is_weights(trainer_logp.detach(), batch.behaviour_logprobs, tis_cap) if tis_cap else torch.ones_like(rho)
+    stats["tis_gap_uncorrected_sum"] += float(torch.where(counted, (rho - 1).abs(), 0.0).sum())
+    stats["tis_gap_corrected_sum"] += float(torch.where(counted, (rho - weight).abs(), 0.0).sum())
+    stats["tis_weight_sum"] += float(torch.where(counted, weight, 0.0).sum())
+    stats["tis_truncated_tokens"] += float((counted & (rho > weight)).sum())
 
 
 def recompute_old_logprobs(run: RLRun, samples: list[Sample] | None, stats: dict[str, float]) -> None:
@@ -340,34 +361,40 @@ def recompute_old_logprobs(run: RLRun, samples: list[Sample] | None, stats: dict
         logp = policy_logprobs(run, batch)  # (B, Tc)
     for i, s in enumerate(samples):
         s.old_logprobs = logp[i, : s.completion.n_tokens].clone()
-    record_logprob_gap(samples, batch, logp, stats)
+    record_logprob_gap(samples, batch, logp, stats, run.cfg.tis_cap)
 
 
-def backward(run: RLRun, samples: list[Sample] | None, stats: dict[str, float]) -> None:
+def backward(run: RLRun, samples: list[Sample] | None, stats: dict[str, float], kl_scale: float = 1.0) -> None:
     """Step 5 for one micro-batch: accumulate grad of sum(weights * token loss). ``None``: an empty
-    pass (a sharded policy, ``aligned``)."""
+    pass (a sharded policy, ``aligned``). ``kl_scale``: the KL term's factor (``kl_norm``)."""
     if samples is None:
         empty_pass(run, grad=True)
         return
     cfg = run.cfg
     batch = pack(samples, run.tokenizer.pad_token_id, run.policy.device, cfg.packing)
-    logp = policy_logprobs(run, batch)  # (B, Tc)
+    logp, entropy = policy_logprobs(run, batch, with_entropy=True)  # (B, Tc), (B, Tc)
     mask = batch.completion_mask > 0  # (B, Tc)
     if run.on_policy:
         old_logp = logp.detach()  # (B, Tc)
-        record_logprob_gap(samples, batch, logp, stats)
+        record_logprob_gap(samples, batch, logp, stats, cfg.tis_cap)
     elif batch.old_logprobs is None:
         raise RuntimeError("an off-policy update needs the old log-probs: recompute_old_logprobs before the first update")
     else:
         old_logp = batch.old_logprobs  # (B, Tc)
     token_loss, clipped = policy_token_loss(logp, old_logp, batch.advantages, cfg.clip_low, cfg.clip_high,
                                             cfg.dual_clip)  # (B, Tc)
+    if cfg.tis_cap:
+        # Truncated IS: the engine sampled, the trainer's policy at those weights (old_logp) is the one
+        # the surrogate assumes; each token's policy term is reweighted by min(pi_old / pi_engine, cap).
+        check_behaviour_logprobs(samples, why="tis_cap (truncated importance sampling)")
+        token_loss = truncated_is_weights(old_logp, batch.behaviour_logprobs, cfg.tis_cap) * token_loss  # (B, Tc)
+    stats["entropy_sum"] += float(torch.where(mask, entropy, 0.0).sum())
     if cfg.kl_coef > 0:
         with torch.no_grad(), run.autocast():
             # The reference under the temperature alone: every sampled token has a finite log-prob.
             ref_logp = batch_logprobs(run.reference, batch, cfg.temperature).float()  # (B, Tc)
         kl = kl_k3(logp, ref_logp, mask)  # (B, Tc), 0 off the mask
-        token_loss = token_loss + cfg.kl_coef * kl
+        token_loss = token_loss + (cfg.kl_coef * kl_scale) * kl
         stats["kl_sum"] += float(kl.detach().sum())
     weights = run.aggregation.token_weights(batch.completion_mask)  # (B, Tc)
     loss = torch.where(mask, weights * token_loss, 0.0).sum()
@@ -385,11 +412,33 @@ def backward(run: RLRun, samples: list[Sample] | None, stats: dict[str, float]) 
 
 
 def step_counts(samples: list[Sample], max_new_tokens: int, filter_norm: str) -> StepCounts:
-    """What the normaliser counts: every selected sample (original), or the kept ones (kept)."""
-    counted = [s for s in samples if s.selected] if filter_norm == "original" else [s for s in samples if s.kept]
+    """What the normaliser counts: every selected sample (original), or the kept ones (kept). A
+    masked (truncated, ``mask_truncated``) sample is never counted."""
+    counted = ([s for s in samples if s.selected and not s.masked] if filter_norm == "original"
+               else [s for s in samples if s.kept])
     return StepCounts(
         sequences=len(counted), tokens=sum(s.completion.n_tokens for s in counted), max_new_tokens=max_new_tokens
     )
+
+
+def kl_scale(run: RLRun, update: list[Sample]) -> float:
+    """The KL term's factor in one update. Gradient filtering drops a filtered sample's KL term with its
+    policy term while ``filter_norm: original`` still counts it in the normaliser, so the KL weight a
+    kept token gets is beta x (kept share of the normaliser). ``kl_norm: kept`` restores beta per kept
+    token: the factor normaliser(counted) / normaliser(kept), over the whole update (every process).
+    1 with ``kl_norm: original`` (the paper's code), without a KL term, or when nothing is kept."""
+    cfg = run.cfg
+    if cfg.kl_norm == "original" or cfg.kl_coef == 0:
+        return 1.0
+    counted = run.world.sum_counts(vars_of(step_counts(update, cfg.max_new_tokens, cfg.filter_norm)))
+    kept = run.world.sum_counts(vars_of(step_counts(update, cfg.max_new_tokens, "kept")))
+    norm_kept = run.aggregation.normaliser(StepCounts(**kept, max_new_tokens=cfg.max_new_tokens))
+    norm_counted = run.aggregation.normaliser(StepCounts(**counted, max_new_tokens=cfg.max_new_tokens))
+    return norm_counted / norm_kept if norm_kept > 0 else 1.0
+
+
+def vars_of(counts: StepCounts) -> dict[str, int]:
+    return {"sequences": counts.sequences, "tokens": counts.tokens}
 
 
 def optimizer_step(run: RLRun, counts: StepCounts, stats: dict[str, float], trained: bool = True) -> None:
@@ -451,7 +500,8 @@ def train(
     from its newest checkpoint; anything logged after that checkpoint is discarded and redone.
     With several processes (``world``) all of them train; rank 0 alone writes to ``work_dir``.
     """
-    cfg = resolve_dtypes(cfg, world.device)  # a checkpoint resumes only in the dtypes it was trained in
+    # a checkpoint resumes only in the dtypes (and the TIS cap) it was trained in
+    cfg = resolve_tis_cap(resolve_dtypes(cfg, world.device), world)
     fingerprint = run_fingerprint(cfg, prompt, grader, init_dir, train_file)
     checkpoint = latest_checkpoint(work_dir, fingerprint)
     world.barrier()  # every process has found its checkpoint before rank 0 may clear the directory

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from dashrl.algo.losses import LogprobModel, LossAggregation, check_tree_packing, get_loss_agg
 from dashrl.config.params import GraderParams, PromptParams, RLRunParams
 from dashrl.engines.base import RolloutEngine
-from dashrl.engines.factory import make_engine
+from dashrl.engines.factory import auto_engine, make_engine
 from dashrl.infra.distributed import SINGLE, World, is_sharded, shard_model
 from dashrl.infra.hardware import resolve_dtype
 from dashrl.infra.seeds import PROMPT_ORDER_SALT, derive_seed
@@ -141,7 +141,7 @@ def build_run(
     broadcast so that all start from the same parameters.
     """
     check_world(cfg, world)
-    cfg = resolve_dtypes(cfg, world.device)
+    cfg = resolve_tis_cap(resolve_dtypes(cfg, world.device), world)
     torch.manual_seed(cfg.seed)
     policy = load_model(weights_dir, dtype="float32", device=str(world.device))
     world.broadcast_parameters(policy)
@@ -189,6 +189,24 @@ def resolve_dtypes(cfg: RLRunParams, device: torch.device | str) -> RLRunParams:
     """``train_dtype`` / ``rollout_dtype`` ``auto`` resolved for ``device`` (``dashrl.infra.hardware``)."""
     return dataclasses.replace(cfg, train_dtype=resolve_dtype(cfg.train_dtype, device),
                                rollout_dtype=resolve_dtype(cfg.rollout_dtype, device))
+
+
+# tis_cap: auto's cap where the engine's log-probs can differ from the trainer's (Yao et al. 2025's C = 2).
+TIS_AUTO_CAP = 2.0
+
+
+def resolve_tis_cap(cfg: RLRunParams, world: World) -> RLRunParams:
+    """``tis_cap: auto`` resolved (``cfg``'s dtypes resolved first): ``TIS_AUTO_CAP`` unless the engine
+    samples with the trainer's own numerics (the HF engine, fp32 training and rollout: the same module
+    or an fp32 copy of it), where the weights are 1 up to summation order and correct nothing.
+    0 becomes None (off). Idempotent."""
+    cap = cfg.tis_cap
+    if cap == "auto":
+        sharded = cfg.parallel == "fsdp" and world.is_distributed
+        engine = auto_engine(torch.cuda.is_available(), not sharded) if cfg.engine == "auto" else cfg.engine
+        same_numerics = engine == "hf" and cfg.train_dtype == cfg.rollout_dtype == "float32"
+        cap = None if same_numerics else TIS_AUTO_CAP
+    return dataclasses.replace(cfg, tis_cap=cap or None)
 
 
 def check_world(cfg: RLRunParams, world: World) -> None:

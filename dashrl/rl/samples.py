@@ -56,6 +56,7 @@ class Sample:
     advantage: float = 0.0
     kept: bool = True  # goes into the backward pass (selected, and |A| > tau)
     selected: bool = True  # False: generated, not trained (the selector's choice, before the advantages)
+    masked: bool = False  # mask_truncated: cut at max_new_tokens, never trained nor counted by the normaliser
     # (n_tokens,) off-policy runs, during the step's updates: the trainer's log-probs before the first one
     old_logprobs: torch.Tensor | None = field(default=None, repr=False, compare=False)
 

@@ -101,9 +101,13 @@ def get_selector(name: str) -> Selector:
     return SELECTORS[name]
 
 
-def stream_prompts(problems: pd.DataFrame, n: int, exclude: set[str], *seed_parts: int) -> pd.DataFrame:
-    """Up to ``n`` prompts not in ``exclude`` (ids), in the order of one seeded shuffle of ``problems``."""
-    order = rng(*seed_parts).permutation(len(problems))
+def stream_prompts(problems: pd.DataFrame, n: int, exclude: set[str], *seed_parts: int,
+                   part: tuple[int, int] = (0, 1)) -> pd.DataFrame:
+    """Up to ``n`` prompts not in ``exclude`` (ids), in the order of one seeded shuffle of ``problems``.
+    ``part`` (r, W): only every W-th position of the shuffle from r, so W processes drawing parts
+    r = 0 .. W-1 of the same shuffle never draw the same problem."""
+    rank, size = part
+    order = rng(*seed_parts).permutation(len(problems))[rank::size]
     ids = problems["id"].to_numpy()
     rows = [int(i) for i in order if ids[i] not in exclude][:n]
     return problems.iloc[rows].reset_index(drop=True)
@@ -127,15 +131,18 @@ def train_every_group(run: Run, step: int, groups: list[Group], rollout: Rollout
 def dynamic_sampling(run: Run, step: int, groups: list[Group], rollout: Rollout, stats: Stats) -> list[Group]:
     """DAPO's dynamic sampling: zero-variance groups are generated, not trained; while fewer than the
     share's groups are informative and rounds remain (``dapo_max_rounds``, the first included), sample
-    as many new prompts as groups are missing, from a stream seeded by (seed, step, round, rank) that
-    skips the step's prompts. Trains on the first informative groups, at most the share; returns them
-    first, then the groups generated and not trained."""
+    as many new prompts as groups are missing. The new prompts come from one stream per step, seeded
+    by (seed, step), that skips the WHOLE step's prompts (every process's share) and those this
+    process drew before; process r of W draws only every W-th position of it from r, so no problem
+    is sampled twice in a step across the processes. Trains on the first informative groups, at most
+    the share; returns them first, then the groups generated and not trained."""
     cfg, wanted = run.cfg, len(groups)
+    step_ids = set(run.schedule.batch(step)["id"])  # every process's prompts of the step
     sampled = list(groups)
     rounds = 1
     while (missing := wanted - sum(not g.zero_variance for g in sampled)) > 0 and rounds < cfg.dapo_max_rounds:
-        extra = stream_prompts(run.schedule.problems, missing, {g.problem_id for g in sampled},
-                               cfg.seed, DAPO_STREAM_SALT, step, rounds, run.world.rank)
+        extra = stream_prompts(run.schedule.problems, missing, step_ids | {g.problem_id for g in sampled},
+                               cfg.seed, DAPO_STREAM_SALT, step, part=(run.world.rank, run.world.size))
         if extra.empty:
             break  # every training prompt is in the step already
         sampled += rollout(extra, rounds)

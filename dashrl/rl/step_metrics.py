@@ -44,7 +44,8 @@ class PhaseTimer:
 # the same on every process. The loss is a per-process sum too: local loss sum / global normaliser.
 PER_PROCESS_SUMS = ("sampled_tokens", "zero_variance_groups", "loss", "kl_sum", "trained_tokens",
                     "trained_completion_tokens", "clipped_tokens", "logprob_gap_sum", "logprob_gap_tokens",
-                    "backward_passes", "groups_generated", "backpropagated_samples")
+                    "backward_passes", "groups_generated", "backpropagated_samples", "entropy_sum",
+                    "tis_gap_uncorrected_sum", "tis_gap_corrected_sum", "tis_weight_sum", "tis_truncated_tokens")
 # Per-process counts of which the step reports the largest (a selector's extra rollout rounds: the
 # processes wait for the one that sampled most). prompts_skipped / prompts_explored are decided for the
 # whole step, the same on every process.
@@ -74,6 +75,7 @@ def step_metrics(
     kept = [s for s in selected if s.kept]
     kept_tokens = sum(s.completion.n_tokens for s in kept)
     completion_tokens = max(stats["trained_completion_tokens"], 1.0)
+    gap_tokens = max(stats["logprob_gap_tokens"], 1.0)
     seconds = {f"time_{phase}_s": timer.seconds.get(phase, 0.0) for phase in PHASES}
     metrics: dict[str, Any] = {
         "step": step,
@@ -109,6 +111,15 @@ def step_metrics(
         "trained_tokens": int(stats["trained_tokens"]),  # real (unpadded) prompt + completion tokens back-propagated
         # |engine - trainer| log-prob at the weights that sampled (PPO: before the first update)
         "logprob_gap_mean": stats["logprob_gap_sum"] / max(stats["logprob_gap_tokens"], 1.0),
+        # the importance weight's error per token, rho = pi_trainer / pi_engine: the uncorrected update
+        # uses 1 (|rho - 1|), truncated IS min(rho, tis_cap) (|rho - w|; the same without TIS)
+        "tis_gap_uncorrected": stats["tis_gap_uncorrected_sum"] / gap_tokens,
+        "tis_gap_corrected": stats["tis_gap_corrected_sum"] / gap_tokens,
+        "tis_weight_mean": stats["tis_weight_sum"] / gap_tokens if stats["logprob_gap_tokens"] else 1.0,
+        "tis_truncated_fraction": stats["tis_truncated_tokens"] / gap_tokens,
+        # mean entropy (nats) of the sampling distribution over the back-propagated completion tokens
+        "entropy": stats["entropy_sum"] / completion_tokens,
+        "samples_masked_truncated": sum(s.masked for s in samples),
         **seconds,
         "time_step_s": wall_s,
         "sampling_tokens_per_s": stats["sampled_tokens"] / max(timer.seconds.get("sampling", 0.0), 1e-9),
