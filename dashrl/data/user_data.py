@@ -142,7 +142,8 @@ def _record(row: Row, name: str, default_id: str, fields: dict[str, Any]) -> dic
         try:
             code_spec(answer)
         except ProblemDataError as err:
-            raise ProblemDataError(f"{row.where}: field {answer_field!r} (task: code): {err}") from err
+            why = str(err).removeprefix("code answer: ")
+            raise ProblemDataError(f"{row.where}: field {answer_field!r} (task: code): {why}") from err
     else:
         others = {key: _json_value(row, key, value) for key, value in row.fields.items()
                   if key not in (prompt_field, answer_field)}

@@ -136,14 +136,15 @@ def _score_in_worker(reference: str, completion: str, answer: str, fields: dict[
 
 # ----------------------------------------------------------------------------- parent side
 
-# One pool per module: its workers import the module before they take calls.
+# One pool per module: its workers import this module and the user's before they take calls.
 _pools: dict[str, WorkerPool] = {}
 _imported: set[str] = set()
 
 
 def _pool(module: str) -> WorkerPool:
     if module not in _pools:
-        _pools[module] = WorkerPool(_WORKERS, name=f"reward function ({module})", warm_up=(module,))
+        # Both imports before the first call: neither counts against a completion's timeout.
+        _pools[module] = WorkerPool(_WORKERS, name=f"reward function ({module})", warm_up=(__name__, module))
     return _pools[module]
 
 
