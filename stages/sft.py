@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from dashrl.config.params import Params, SFTRunParams, load_params, section_dict
+from dashrl.data.loaders import register_user_datasets
 from dashrl.engines.base import SamplingConfig
 from dashrl.engines.hf import HFEngine
 from dashrl.infra.files import atomic_dir, atomic_file, dir_sha256, run_record, write_json
@@ -38,6 +39,7 @@ log = logging.getLogger("stages.sft")
 
 def main(params: Params, run_name: str) -> None:
     cfg = params.sft.run(run_name)
+    register_user_datasets(params.prepare.user_tasks())  # datasets of your own: their tasks
     init_dir, train_file, problems = training_inputs(f"sft.runs.{run_name}", cfg.init_from, cfg.dataset, cfg.train_levels)
     if cfg.max_problems is not None:
         problems = problems.head(cfg.max_problems)

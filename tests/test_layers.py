@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "rl": {"algo", "engines", "grading", "data", "models", "config", "infra"},
     "evaluation": {"engines", "grading", "data", "models", "config", "infra"},
     "sft": {"evaluation", "algo", "engines", "grading", "data", "models", "config", "infra"},
-    "preflight": {"memory", "engines", "data", "models", "config", "infra"},
+    "preflight": {"memory", "engines", "grading", "data", "models", "config", "infra"},  # grading: probes a reward function
     "stages": {"infra", "config", "algo", "data", "report", "models", "grading", "engines", "rl", "evaluation", "sft",
                "preflight"},
     "flows": set(),  # drives the pipeline only through `dvc repro`

@@ -11,12 +11,13 @@ naming the file, the dotted key and the value, e.g.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -68,8 +69,8 @@ class PromptParams:
     code_instruction: str = ""  # code problems: the same, for the coding task (dashrl.data.loaders.task_of)
 
     def instruction_for(self, task: str) -> str:
-        """The instruction of a task ("math" | "code")."""
-        by_task = {"math": self.instruction, "code": self.code_instruction}
+        """The instruction of a task ("math" | "code" | "custom": none, the prompt field is the whole user turn)."""
+        by_task = {"math": self.instruction, "code": self.code_instruction, "custom": ""}
         if task not in by_task:
             raise ValueError(f"no prompt instruction for task {task!r} (valid: {', '.join(by_task)})")
         return by_task[task]
@@ -106,6 +107,73 @@ class PublicDatasetParams:
     # else a local .jsonl/.parquet in its fields
 
 
+# "module:function", the reward function of a task: custom dataset (dashrl.grading.custom_grader).
+_FUNCTION_REFERENCE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+# A dataset of your own names a directory (data/prepared/<name>) and DVC stages (prepare@<name>).
+_USER_DATASET_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+@dataclass(frozen=True)
+class UserDatasetParams:
+    """A dataset of your own: ``prepare.<name>`` with a ``loader`` (dashrl.data.user_data; docs/pipeline.md)."""
+
+    loader: Literal["file", "hub"]  # file: a local .jsonl/.parquet/.csv (path); hub: a Hub dataset (hub_id, split)
+    prompt_field: str  # the field holding the problem text
+    answer_field: str  # the field holding the answer (task math: the final answer; code: a JSON code spec)
+    task: Literal["math", "code", "custom"] = "math"  # how problems are prompted and graded
+    reward_function: str | None = None  # task custom: "module:function" that grades (dashrl.grading.custom_grader)
+    path: str | None = None  # file: the train rows (and the held-out test rows)
+    test_path: str | None = None  # file: the test rows (null: test_fraction of path's rows)
+    hub_id: str | None = None  # hub: "owner/name"
+    hub_config: str | None = None  # hub: the dataset's config (null: its default)
+    split: str | None = None  # hub: the split read as train rows
+    test_split: str | None = None  # hub: the split read as test rows (null: test_fraction of split's rows)
+    test_fraction: float = 0.0  # with no test source: the share of rows held out as the test split
+    split_seed: int = 0  # seeds the shuffle that picks the held-out rows
+    id_field: str | None = None  # null: ids "<name>-<row>"
+    level_field: str | None = None  # null: level 1 for every problem
+    solution_field: str | None = None  # a worked solution (sft source: reference); null: ""
+
+    def __post_init__(self) -> None:
+        def require(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise ValueError(f"{key}: {getattr(self, key)!r}: {why}")
+
+        file_keys, hub_keys = ("path", "test_path"), ("hub_id", "hub_config", "split", "test_split")
+        for key in file_keys if self.loader == "hub" else hub_keys:
+            require(getattr(self, key) is None, key, f"is for loader: {'file' if self.loader == 'hub' else 'hub'} (loader is {self.loader})")
+        if self.loader == "file":
+            require(bool(self.path), "path", "loader: file needs the path of a .jsonl, .parquet or .csv file")
+            for key in file_keys:
+                value = getattr(self, key)
+                require(value is None or Path(value).suffix in (".jsonl", ".parquet", ".csv"), key,
+                        "must end in .jsonl, .parquet or .csv")
+        else:
+            require(isinstance(self.hub_id, str) and self.hub_id.count("/") == 1 and all(self.hub_id.split("/")),
+                    "hub_id", "loader: hub needs a Hub dataset id 'owner/name'")
+            require(bool(self.split), "split", "loader: hub needs the split read as train rows (e.g. train)")
+        separate_test = self.test_path is not None or self.test_split is not None
+        require(0 <= self.test_fraction <= 1, "test_fraction", "must be in [0, 1]")
+        require(not (separate_test and self.test_fraction > 0), "test_fraction",
+                "the test rows come from test_path / test_split: set test_fraction to 0")
+        require(self.split_seed >= 0, "split_seed", "must be >= 0")
+        for key in ("prompt_field", "answer_field", "id_field", "level_field", "solution_field"):
+            require(getattr(self, key) is None or bool(getattr(self, key)), key, "must be a non-empty field name")
+        require(self.prompt_field != self.answer_field, "answer_field", "must differ from prompt_field")
+        require((self.task == "custom") == (self.reward_function is not None), "reward_function",
+                "task: custom needs a reward function ('module:function'); other tasks take none")
+        require(self.reward_function is None or bool(_FUNCTION_REFERENCE.fullmatch(self.reward_function)),
+                "reward_function", "expected 'module:function' (e.g. 'my_pkg.rewards:score')")
+
+    @property
+    def has_train(self) -> bool:
+        return self.test_fraction < 1 or self.test_path is not None or self.test_split is not None
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_fraction > 0 or self.test_path is not None or self.test_split is not None
+
+
 @dataclass(frozen=True)
 class PrepareParams:
     datasets: list[str]  # which datasets the pipeline prepares (one `prepare@<name>` stage each)
@@ -116,6 +184,22 @@ class PrepareParams:
     mbppplus: PublicDatasetParams  # code: the paper's 70/30 split of MBPP+
     humaneval: PublicDatasetParams  # code: test only
     pyfunc: PyFuncParams  # code: generated
+    # Datasets of your own: every other key of prepare whose section has a `loader` (not a params.yaml key).
+    user: dict[str, UserDatasetParams] = field(default_factory=dict)
+
+    EXTRA_SECTIONS: ClassVar[tuple[str, str]] = ("user", "loader")  # from_mapping: (field, marker key)
+
+    def dataset(self, name: str) -> Any:
+        """The params section of dataset ``name``: a built-in one's, or a dataset of your own's."""
+        if name in self.user:
+            return self.user[name]
+        if name in {f.name for f in dataclasses.fields(self)} - {"datasets", "user"}:
+            return getattr(self, name)
+        raise ParamsError(f"prepare.{name}: no such dataset section")
+
+    def user_tasks(self) -> dict[str, str]:
+        """Each dataset of your own -> its task (the stages declare them: dashrl.data.loaders.register_user_datasets)."""
+        return {name: section.task for name, section in self.user.items()}
 
 
 @dataclass(frozen=True)
@@ -325,14 +409,26 @@ def from_mapping(cls: type, raw: Any, where: str, key: str = "") -> Any:
         raise ParamsError(f"{label}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    hint, extra = "", {}
+    extra_field, marker = getattr(cls, "EXTRA_SECTIONS", (None, None))
+    if extra_field is not None:
+        # Sections the class does not name (datasets of your own) carry a marker key; they are gathered
+        # into ``extra_field``, a field params.yaml never names itself.
+        names.remove(extra_field)
+        extra = {k: v for k, v in raw.items() if k not in names and isinstance(v, Mapping) and marker in v}
+        raw = {k: v for k, v in raw.items() if k not in extra}
+        hint = f"; a dataset of your own needs a `{marker}` key"
     unknown = sorted(set(raw) - set(names))
     if unknown:
-        raise ParamsError(f"{label}{'.' if key else ': '}{unknown[0]}: unknown key (valid: {', '.join(names)})")
+        raise ParamsError(f"{label}{'.' if key else ': '}{unknown[0]}: unknown key (valid: {', '.join(names)}{hint})")
     optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
     missing = [n for n in names if n not in raw and n not in optional]
     if missing:
         raise ParamsError(f"{label}{'.' if key else ': '}{missing[0]}: missing key")
     values = {n: _coerce(hints[n], raw[n], where, f"{key}.{n}" if key else n) for n in names if n in raw}
+    if extra_field is not None:
+        (_, section_type) = typing.get_args(hints[extra_field])
+        values[extra_field] = {k: _coerce(section_type, v, where, f"{key}.{k}" if key else k) for k, v in extra.items()}
     try:
         return cls(**values)
     except ParamsError:
@@ -412,11 +508,23 @@ def _check_cross_section(p: Params) -> None:
     require(bool(pf.levels) and set(pf.levels) <= {1, 2, 3, 4, 5} and len(set(pf.levels)) == len(pf.levels),
             "prepare.pyfunc.levels", pf.levels, "must be distinct levels within 1-5")
     require(pf.seed >= 0, "prepare.pyfunc.seed", pf.seed, "must be >= 0")
-    known = {f.name for f in dataclasses.fields(PrepareParams)} - {"datasets"}
+    known = {f.name for f in dataclasses.fields(PrepareParams)} - {"datasets", "user"}
+    for name in p.prepare.user:
+        require(bool(_USER_DATASET_NAME.fullmatch(name)), f"prepare.{name}", name,
+                "a dataset's name may hold only letters, digits and _ (it names data/prepared/<name> and DVC stages)")
     for name in p.prepare.datasets:
-        require(name in known, "prepare.datasets", name, f"unknown dataset (valid: {', '.join(sorted(known))})")
+        require(name in known | set(p.prepare.user), "prepare.datasets", name,
+                f"unknown dataset (valid: {', '.join(sorted(known | set(p.prepare.user)))}; or a section "
+                f"prepare.{name} with a loader: a dataset of your own)")
     for name in p.evaluate.benchmarks:
         require(name in p.prepare.datasets, "evaluate.benchmarks", name, "is not prepared: add it to prepare.datasets")
+        require(name not in p.prepare.user or p.prepare.user[name].has_test, "evaluate.benchmarks", name,
+                f"prepare.{name} gives no test split: set its test_path / test_split, or a test_fraction > 0")
+    trained = [(f"rl.runs.{run}.dataset", p.rl.run(run).dataset) for run in p.rl.runs]
+    trained += [(f"sft.runs.{run}.dataset", p.sft.run(run).dataset) for run in p.sft.runs]
+    for key, dataset in trained:
+        require(dataset not in p.prepare.user or p.prepare.user[dataset].has_train, key, dataset,
+                f"prepare.{dataset} gives no train split (test_fraction 1): lower test_fraction")
     require(len(set(p.evaluate.models)) == len(p.evaluate.models), "evaluate.models", p.evaluate.models, "has duplicates")
     require(p.report.plot_dpi > 0, "report.plot_dpi", p.report.plot_dpi, "must be > 0")
     require(0 < p.report.equivalence_margin < 1, "report.equivalence_margin", p.report.equivalence_margin,
@@ -602,6 +710,7 @@ __all__ = [
     "PromptParams",
     "PublicDatasetParams",
     "PyFuncParams",
+    "UserDatasetParams",
     "PassKParams",
     "RLParams",
     "RLRunParams",

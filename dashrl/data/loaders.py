@@ -11,8 +11,11 @@
   ``dashrl.data.pyfunc`` and written by ``write_problems``).
 
 ``LOADERS`` is one explicit table (name -> splits, loader, task); ``task_of(name)`` says whether a
-dataset is "math" (the answer is a final answer) or "code" (the answer is a JSON code spec), which
-decides how its problems are prompted and graded.
+dataset is "math" (the answer is a final answer), "code" (the answer is a JSON code spec) or
+"custom" (graded by the user's reward function), which decides how its problems are prompted and
+graded. A dataset of your own (``prepare.<name>: {loader: file | hub, ...}``, read by
+``dashrl.data.user_data``) is not in the table: a process that prompts or grades its problems first
+declares its task with ``register_user_datasets({name: task})`` (every stage does, from params.yaml).
 
 Every input is validated before anything is returned or written: a bad row raises
 ``ProblemDataError`` naming the file (or Hub id), the row, the field and the offending value, e.g.
@@ -128,7 +131,7 @@ def _load_arith(split: str, path: str | Path | None) -> pd.DataFrame:
 
 Loader = Callable[[str, str | Path | None], pd.DataFrame]  # (split, path; None: the Hub) -> problems
 
-TASKS = ("math", "code")  # how a dataset's problems are prompted and graded (see task_of)
+TASKS = ("math", "code", "custom")  # how a dataset's problems are prompted and graded (see task_of)
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,24 @@ LOADERS: dict[str, DatasetLoader] = {
     "pyfunc": DatasetLoader(("train", "test"), load_pyfunc_file, "code"),
 }
 
+# Datasets of your own (dashrl.data.user_data): name -> task, declared by register_user_dataset.
+_USER_DATASETS: dict[str, str] = {}
+
+
+def register_user_dataset(name: str, task: str) -> None:
+    """Declare the task of a dataset of your own, so that ``task_of(name)`` answers for it."""
+    if name in LOADERS:
+        raise ValueError(f"dataset {name!r} is built in (task {LOADERS[name].task}); a dataset of your own needs another name")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} for dataset {name!r}; valid tasks: {', '.join(TASKS)}")
+    _USER_DATASETS[name] = task
+
+
+def register_user_datasets(tasks: dict[str, str]) -> None:
+    """``register_user_dataset`` for each (name, task); the stages pass ``params.prepare.user_tasks()``."""
+    for name, task in tasks.items():
+        register_user_dataset(name, task)
+
 
 def dataset_names() -> str:
     """The registered datasets for error messages, grouped by task: "arith, gsm8k (math); pyfunc (code)"."""
@@ -162,10 +183,15 @@ def dataset_names() -> str:
 
 
 def task_of(name: str) -> str:
-    """The task of registered dataset `name`, "math" or "code": how its problems are prompted and graded."""
-    if name not in LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {dataset_names()}")
-    return LOADERS[name].task
+    """The task of dataset `name` ("math", "code" or "custom"): how its problems are prompted and graded.
+
+    A built-in dataset's from ``LOADERS``; a dataset of your own's as ``register_user_dataset`` declared it.
+    """
+    if name in LOADERS:
+        return LOADERS[name].task
+    if name in _USER_DATASETS:
+        return _USER_DATASETS[name]
+    raise ValueError(f"unknown dataset {name!r}; valid names: {dataset_names()}")
 
 
 def load_problems(name: str, split: str, path: str | Path | None = None) -> pd.DataFrame:

@@ -1,15 +1,17 @@
 """Raw rows of a dataset (a local .jsonl / .parquet file or a Hub split) and typed access to their fields.
 
 A ``Row`` keeps its position and a label for errors ("data/gsm8k.jsonl row 3 (line 4)",
-"openai/gsm8k[test] row 3"); ``row_field``, ``row_text``, ``row_level``, ``row_int``,
+"openai/gsm8k[test] row 3", "data/mine.csv row 3 (line 5)"); ``row_field``, ``row_text``, ``row_level``, ``row_int``,
 ``row_str_list`` and ``row_python`` read one field and raise ``ProblemDataError`` naming the
 row, the field and the value when it is missing, null or of the wrong kind. Rows are numbered from 0
-in file order (blank lines of a .jsonl are not rows); a .jsonl row also gives its 1-based line number.
+in file order (blank lines of a .jsonl are not rows); a .jsonl or .csv row also gives its 1-based
+line number (a .csv file's first line is its header; every .csv field is a string, an empty cell "").
 """
 
 from __future__ import annotations
 
 import ast
+import csv
 import json
 import re
 from collections.abc import Iterable
@@ -52,10 +54,42 @@ def read_jsonl_rows(path: Path) -> list[Row]:
         return jsonl_rows(lines, str(path))
 
 
-def file_rows(path: Path) -> tuple[str, list[Row]]:
-    check_file(path, (".jsonl", ".parquet"))
+def read_csv_rows(path: Path) -> list[Row]:
+    """The rows of a .csv file with a header line; a row with more or fewer cells than the header raises."""
+    rows: list[Row] = []
+    with path.open(encoding="utf-8", newline="") as lines:
+        reader = csv.reader(lines)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ProblemDataError(f"{path}: empty .csv file (expected a header line)") from None
+        except csv.Error as err:
+            raise ProblemDataError(f"{path} line 1: malformed CSV ({err})") from err
+        if len(set(header)) != len(header):
+            raise ProblemDataError(f"{path} line 1: the header names a column twice: {show(header)}")
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as err:
+                raise ProblemDataError(f"{path} line {reader.line_num}: malformed CSV ({err})") from err
+            if not cells:
+                continue  # a blank line is not a row
+            where = f"{path} row {len(rows)} (line {reader.line_num})"
+            if len(cells) != len(header):
+                raise ProblemDataError(f"{where}: {len(cells)} cells, the header has {len(header)}: {show(cells)}")
+            rows.append(Row(len(rows), where, dict(zip(header, cells, strict=True))))
+    return rows
+
+
+def file_rows(path: Path, suffixes: tuple[str, ...] = (".jsonl", ".parquet")) -> tuple[str, list[Row]]:
+    """(label naming the file, its rows) of a local file with one of ``suffixes`` (.jsonl, .parquet, .csv)."""
+    check_file(path, suffixes)
     if path.suffix == ".jsonl":
         return str(path), read_jsonl_rows(path)
+    if path.suffix == ".csv":
+        return str(path), read_csv_rows(path)
     return str(path), [
         Row(i, f"{path} row {i}", fields) for i, fields in enumerate(read_parquet(path).to_pylist())
     ]
@@ -92,9 +126,9 @@ def row_text(row: Row, key: str, non_empty: bool = False) -> str:
     return value
 
 
-def row_level(row: Row) -> int:
+def row_level(row: Row, key: str = "level") -> int:
     """MATH levels come as ints (PRM800K, MATH-500) or as "Level 3" (the original release)."""
-    value = row_field(row, "level")
+    value = row_field(row, key)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     if isinstance(value, str):
@@ -102,7 +136,7 @@ def row_level(row: Row) -> int:
             return int(match.group(1))
         if value.strip() == "Level ?":  # a few original MATH problems have no level
             return 0
-    raise ProblemDataError(f"{row.where}: field 'level' is not an integer or 'Level N': {show(value)}")
+    raise ProblemDataError(f"{row.where}: field {key!r} is not an integer or 'Level N': {show(value)}")
 
 
 def show_tail(value: str, limit: int = 80) -> str:

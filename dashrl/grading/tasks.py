@@ -2,8 +2,9 @@
 
 A problem's task follows from its dataset (the ``source`` column, ``dashrl.data.loaders.task_of``):
 
-    math  dashrl.grading.math_grader.grade_batch       the final answer, math-verify equivalence
-    code  dashrl.grading.code_grader.grade_code_batch  the program passes the task's tests in the sandbox
+    math    dashrl.grading.math_grader.grade_batch            the final answer, math-verify equivalence
+    code    dashrl.grading.code_grader.grade_code_batch       the program passes the task's tests in the sandbox
+    custom  dashrl.grading.custom_grader.grade_custom_batch   the user's reward function (a dataset of your own)
 
 This module is the one entry point to grading: ``grade_completions`` grades a mixed batch, each
 completion with its own problem's grader, results in input order; ``count_statuses`` counts the
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from dashrl.config.params import GraderParams
 from dashrl.data.loaders import task_of
 from dashrl.grading.code_grader import CODE_STATUSES, grade_code_batch
+from dashrl.grading.custom_grader import CUSTOM_STATUSES, grade_custom_batch
 from dashrl.grading.math_grader import STATUSES, Grade, grade_batch
 
 GradeFn = Callable[[Sequence[str], Sequence[str], GraderParams], list[Grade]]
@@ -39,9 +41,14 @@ def _grade_code(completions: Sequence[str], answers: Sequence[str], grader: Grad
     return grade_code_batch(completions, answers, limits=grader.code)
 
 
+def _grade_custom(completions: Sequence[str], answers: Sequence[str], grader: GraderParams) -> list[Grade]:
+    return grade_custom_batch(completions, answers, timeout_s=grader.timeout_s)
+
+
 GRADERS: dict[str, TaskGrader] = {
     "math": TaskGrader("math", STATUSES, _grade_math),
     "code": TaskGrader("code", CODE_STATUSES, _grade_code),
+    "custom": TaskGrader("custom", CUSTOM_STATUSES, _grade_custom),
 }
 
 
