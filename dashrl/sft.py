@@ -19,6 +19,7 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,9 @@ from dashrl.evaluation import evaluate
 from dashrl.infra.progress import progress
 from dashrl.infra.seeds import derive_seed
 from dashrl.models import enable_activation_checkpointing, render_prompt
+
+if TYPE_CHECKING:
+    from dashrl.infra.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,10 @@ def sft_train(
     packing: str = "tree",
     gradient_checkpointing: bool = False,
     progress_label: str = "sft",
+    tracker: Tracker | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place; returns one record per optimizer step (epoch, step, loss, tokens).
+    """Train ``model`` in place; returns one record per optimizer step (epoch, step, loss, tokens),
+    each also sent to ``tracker`` as the step ends (``dashrl.infra.tracking``: DVCLive, TensorBoard, ...).
 
     ``train_dtype`` is ``float32`` or ``bfloat16`` (autocast over fp32 weights); resolve ``auto``
     first (``dashrl.infra.hardware.resolve_dtype``)."""
@@ -139,6 +145,8 @@ def sft_train(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             history.append({"epoch": epoch, "step": len(history), "loss": float(loss.detach()), "tokens": float(n_tokens)})
+            if tracker is not None:
+                tracker.log(history[-1], history[-1]["step"])
             bar.set_postfix({"epoch": epoch, "loss": f"{history[-1]['loss']:.3f}"}, refresh=False)
             bar.update(1)
     bar.close()

@@ -47,5 +47,16 @@ def sft_dir(run: str) -> Path:
     return DATA / "sft" / run
 
 
+def live_dir(kind: str, run: str) -> Path:
+    """DVCLive's files of a training run (``kind``: rl | sft), written step by step: DVC metrics and plots."""
+    return DATA / kind / run / "live"
+
+
+def tracking_dir(kind: str, run: str) -> Path:
+    """Where the other trackers of ``report_to`` write files (TensorBoard events, W&B offline runs,
+    MLflow's file store); not a DVC output (which trackers run is not what the stage computes)."""
+    return DATA / "tracking" / kind / run
+
+
 def passk_dir(model: str, benchmark: str) -> Path:
     return DATA / "passk" / model / benchmark

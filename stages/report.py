@@ -13,7 +13,6 @@ Reads ``data/eval``, ``data/passk``, ``data/rl/<run>/{summary.json,metrics.jsonl
   its verdict (reproduces / does not / inconclusive / not run); ``seeds.md|csv``: configurations
   with several seeds; ``selectors.md|csv`` + ``fig_selectors.png``: the sample selectors compared
   (profiles/selectors.yaml); ``metrics.json``: the DVC metrics of the report (``dvc exp show``);
-- ``curves/rl/<run>.csv``, ``curves/sft/<run>.csv``: per-step training metrics (DVC plots);
 - ``fig1_time_split.png``, ``fig3_filtering.png``, ``fig4_reward_vs_time.png``,
   ``fig5_pass_at_k.png``, ``fig6_kl.png``, plus ``accuracy.png``, ``accuracy_by_level.png``,
   ``rl_curves.png``.
@@ -46,7 +45,6 @@ from dashrl.report.paper import (
     RunResults,
     StatsSettings,
     config_of,
-    curve_frames,
     paper_table,
     task_benchmarks,
 )
@@ -199,9 +197,6 @@ def main(params: Params) -> None:
         plot_selectors(results.rl_summary, results.rl_steps, results.evals, tmp / "fig_selectors.png", dpi=dpi,
                        runs=selector_runs)
         write_json(tmp / "metrics.json", report_metrics(results, findings))
-        for relative, frame in curve_frames(results).items():
-            (tmp / "curves" / relative).parent.mkdir(parents=True, exist_ok=True)
-            frame.to_csv(tmp / "curves" / relative, index=False)
         plot_accuracy(table, tmp / "accuracy.png", dpi=dpi)
         plot_accuracy_by_level(results.evals, tmp / "accuracy_by_level.png", dpi=dpi)
         plot_rl_curves(results.rl_steps, tmp / "rl_curves.png", dpi=dpi)

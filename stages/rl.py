@@ -6,7 +6,9 @@
 
 Reads ``data/models/<init_from>`` and ``data/prepared/<dataset>/train.parquet``; writes the final
 policy ``data/models/<run>/`` (input of evaluate), ``data/rl/<run>/rollouts/`` (one parquet per
-step), ``metrics.jsonl`` (per step, DVC plots), ``summary.json`` (DVC metrics), ``curves.png``.
+step), ``metrics.jsonl`` (per step), ``summary.json`` (DVC metrics), ``curves.png``, and ``live/``:
+DVCLive's per-step metrics (DVC metrics and plots), written as each step ends, with the other
+trackers of ``report_to`` (``dashrl.infra.tracking``).
 ``data/work/rl/<run>/`` keeps checkpoints so a killed run resumes where it stopped.
 Under ``torchrun`` every process trains (``dashrl.infra.distributed``); rank 0 alone writes the outputs.
 """
@@ -25,6 +27,7 @@ from dashrl.data.loaders import register_user_datasets
 from dashrl.infra.distributed import SINGLE, World, init_from_env, teardown
 from dashrl.infra.files import atomic_dir, atomic_file, dir_sha256, read_jsonl, run_record, write_json
 from dashrl.infra.hardware import compute_record
+from dashrl.infra.tracking import TrackerContext, check_installed, open_trackers, write_dvclive
 from dashrl.models import load_tokenizer
 from dashrl.report.curves import plot_rl_curves
 from dashrl.rl.checkpoints import gather_policy_state, save_policy
@@ -39,20 +42,33 @@ def main(params: Params, run_name: str, world: World = SINGLE) -> None:
     cfg = params.rl.run(run_name)
     register_user_datasets(params.prepare.user_tasks())  # datasets of your own: their tasks
     # Everything that can be wrong is checked before the first sample.
+    check_installed(cfg.report_to, f"rl.runs.{run_name}.report_to")
     init_dir, train_file, problems = training_inputs(f"rl.runs.{run_name}", cfg.init_from, cfg.dataset, cfg.train_levels)
     tokenizer = load_tokenizer(init_dir)
 
     start = time.perf_counter()
     work_dir = paths.rl_work_dir(run_name)
-    run = train(cfg=cfg, prompt=params.prompt, grader=params.grader, init_dir=init_dir, tokenizer=tokenizer,
-                problems=problems, train_file=train_file, work_dir=work_dir, world=world, progress_label=f"rl@{run_name}")
+    used = {"rl": section_dict(cfg), "prompt": section_dict(params.prompt), "grader": section_dict(params.grader)}
+    trackers = None
+    if world.is_main:  # a resumed run's DVCLive files start with the steps its log keeps (replayed)
+        trackers = open_trackers(cfg.report_to, TrackerContext(f"rl@{run_name}", paths.live_dir("rl", run_name),
+                                                               paths.tracking_dir("rl", run_name), config=used),
+                                 history=read_jsonl(work_dir / "metrics.jsonl"))
+    try:
+        run = train(cfg=cfg, prompt=params.prompt, grader=params.grader, init_dir=init_dir, tokenizer=tokenizer,
+                    problems=problems, train_file=train_file, work_dir=work_dir, world=world,
+                    progress_label=f"rl@{run_name}", tracker=trackers)
+    finally:
+        if trackers is not None:
+            trackers.close()
     wall_s = time.perf_counter() - start
     policy_state = gather_policy_state(run)  # parallel: fsdp: the shards gathered onto rank 0 (all ranks call it)
     if not world.is_main:
         return  # rank 0 holds the same weights and writes them
     metrics = read_jsonl(work_dir / "metrics.jsonl")
+    if "dvclive" not in cfg.report_to:  # the DVC metrics and plots dvc.yaml declares, at the end
+        write_dvclive(paths.live_dir("rl", run_name), metrics)
 
-    used = {"rl": section_dict(cfg), "prompt": section_dict(params.prompt), "grader": section_dict(params.grader)}
     compute = compute_record(world.device, train_dtype=run.cfg.train_dtype, rollout_dtype=run.cfg.rollout_dtype)
     with atomic_dir(paths.model_dir(run_name)) as tmp:
         save_policy(run, tmp, policy_state)

@@ -5,7 +5,9 @@
 Reads ``data/models/<init_from>`` and ``data/prepared/<dataset>/train.parquet``; writes the model
 ``data/models/<run>/`` (input of evaluate and of RL runs that start from it) and
 ``data/sft/<run>/``: ``examples.parquet`` (what was trained on), ``metrics.jsonl`` (loss per
-optimizer step, DVC plots), ``summary.json`` (DVC metrics), ``loss.png``, ``run.json``.
+optimizer step), ``summary.json`` (DVC metrics), ``loss.png``, ``run.json``, and ``live/``: DVCLive's
+per-step metrics (DVC metrics and plots), written as each step ends, with the other trackers of
+``report_to`` (``dashrl.infra.tracking``).
 ``source: self`` samples the teacher (``teacher``, default the initial model) on the same problems
 with the evaluation grader and keeps its distinct correct, finished samples (rejection sampling).
 """
@@ -28,6 +30,7 @@ from dashrl.engines.base import SamplingConfig
 from dashrl.engines.hf import HFEngine
 from dashrl.infra.files import atomic_dir, atomic_file, dir_sha256, run_record, write_json
 from dashrl.infra.hardware import compute_record, resolve_dtype
+from dashrl.infra.tracking import TrackerContext, check_installed, open_trackers, write_dvclive
 from dashrl.models import default_device, load_model, load_tokenizer, materialise_model
 from dashrl.report.curves import plot_sft_loss
 from dashrl.sft import Example, reference_examples, rejection_sampled_examples, sft_train
@@ -40,6 +43,7 @@ log = logging.getLogger("stages.sft")
 def main(params: Params, run_name: str) -> None:
     cfg = params.sft.run(run_name)
     register_user_datasets(params.prepare.user_tasks())  # datasets of your own: their tasks
+    check_installed(cfg.report_to, f"sft.runs.{run_name}.report_to")
     init_dir, train_file, problems = training_inputs(f"sft.runs.{run_name}", cfg.init_from, cfg.dataset, cfg.train_levels)
     if cfg.max_problems is not None:
         problems = problems.head(cfg.max_problems)
@@ -60,13 +64,20 @@ def main(params: Params, run_name: str) -> None:
     device = default_device()
     train_dtype = resolve_dtype(cfg.train_dtype, device)
     model = load_model(init_dir, dtype="float32", device=device)
-    history = sft_train(model, tokenizer, examples, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                        max_length=cfg.max_length, seed=cfg.seed, train_dtype=train_dtype, packing=cfg.packing,
-                        gradient_checkpointing=cfg.gradient_checkpointing,
-                        progress_label=f"sft@{run_name}")
-    wall_s = time.perf_counter() - start
-
     used = {"sft": section_dict(cfg), "prompt": section_dict(params.prompt), "grader": section_dict(params.grader)}
+    trackers = open_trackers(cfg.report_to, TrackerContext(f"sft@{run_name}", paths.live_dir("sft", run_name),
+                                                           paths.tracking_dir("sft", run_name), config=used))
+    try:
+        history = sft_train(model, tokenizer, examples, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                            max_length=cfg.max_length, seed=cfg.seed, train_dtype=train_dtype, packing=cfg.packing,
+                            gradient_checkpointing=cfg.gradient_checkpointing,
+                            progress_label=f"sft@{run_name}", tracker=trackers)
+    finally:
+        trackers.close()
+    wall_s = time.perf_counter() - start
+    if "dvclive" not in cfg.report_to:  # the DVC metrics and plots dvc.yaml declares, at the end
+        write_dvclive(paths.live_dir("sft", run_name), history)
+
     with atomic_dir(paths.model_dir(run_name)) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

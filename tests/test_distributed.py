@@ -155,6 +155,8 @@ def test_rl_stage_runs_under_torchrun(workspace):
     assert json.loads((out / "summary.json").read_text())["samples_total"] == 16
     assert (workspace / "data/models/dash/model.safetensors").is_file()
     assert log.count("rl@dash done") == 1  # rank 0 reports; rank 1 exits after training
+    live = pd.read_csv(out / "live/plots/metrics/samples.tsv", sep="\t")  # DVCLive from rank 0 only: each step once
+    assert live.values.tolist() == [[0, 8], [1, 8]]
 
 
 def test_rl_stage_runs_sharded_under_torchrun(workspace):

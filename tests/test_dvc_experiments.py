@@ -2,16 +2,20 @@
 
 `dvc exp run -S` reruns only the stages the changed param reaches and records the experiment;
 `dvc exp show` lists it with its params and metrics; `dvc exp run --queue` + `dvc queue start` run
-queued experiments in temporary copies (where an unchanged RL run must not rerun); `dvc params
-diff`, `dvc metrics diff` and `dvc plots diff` compare the baseline with an experiment.
+queued experiments in temporary copies (where an unchanged RL run must not rerun), and shows a
+running one's latest step (its DVCLive metrics.json); `dvc params diff`, `dvc metrics diff` and
+`dvc plots diff` (DVCLive's curves) compare the baseline with an experiment.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +51,48 @@ def wait_for_queue(repo, env, timeout_s: float = 1800) -> str:
     raise AssertionError(f"the queue did not finish in {timeout_s} s:\n{status}")
 
 
+def stage_process(workspace: Path, module: str) -> int | None:
+    """The pid of ``python -m <module>`` running in ``workspace`` (a queued experiment's copy), or None."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            if module.encode() in cmdline and Path(os.readlink(proc / "cwd")) == workspace:
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def catch_running_step(repo: Path, env, marker: str, min_step: int, timeout_s: float = 900) -> tuple[dict, int]:
+    """While the queue runs: the queued copy whose params.yaml contains ``marker``, paused (SIGSTOP) in
+    its rl stage once DVCLive has written step ``min_step``; returns `dvc exp show --json` taken then,
+    and the step DVCLive's metrics.json held. The stage continues (SIGCONT) afterwards."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for workspace in (repo / ".dvc" / "tmp" / "exps").glob("tmp*"):
+            live = workspace / "data/rl/dash/live/metrics.json"
+            params_file = workspace / "params.yaml"
+            if not params_file.exists() or marker not in params_file.read_text(errors="replace"):
+                continue
+            try:
+                step = json.loads(live.read_text())["step"] if live.exists() else -1
+            except (ValueError, KeyError):
+                continue  # written as we read it
+            if step < min_step:
+                continue
+            pid = stage_process(workspace.resolve(), "stages.rl")
+            if pid is None:
+                continue
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                step = json.loads(live.read_text())["step"]  # the file can not change while it is stopped
+                return json.loads(run_cmd([*DVC, "exp", "show", "--json"], repo, env)), step
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        time.sleep(0.2)
+    raise AssertionError(f"no running experiment with {marker!r} reached step {min_step} in {timeout_s} s")
+
+
 @pytest.fixture
 def baseline(tmp_path, tiny_model_dir):
     """SFT-H, DASH and GRPO on tiny params, reproduced and committed (dvc.lock included)."""
@@ -66,7 +112,7 @@ def baseline(tmp_path, tiny_model_dir):
         subprocess.run([*DVC, "queue", "stop", "--kill"], cwd=repo, env=env, capture_output=True, timeout=300, check=False)
 
 
-def test_experiments_run_queue_show_and_diff(baseline):
+def test_experiments_run_queue_show_live_dvclive_steps_and_diff(baseline):
     repo, env = baseline
 
     # One experiment in the workspace: only what the param reaches reruns.
@@ -77,10 +123,19 @@ def test_experiments_run_queue_show_and_diff(baseline):
     # Two queued experiments, run in temporary copies; `++` sets a key the run inherits from rl.common.
     run_cmd([*DVC, "exp", "run", "--queue", "-n", "one-step", "-S", "++rl.runs.dash.steps=1"], repo, env)
     run_cmd([*DVC, "exp", "run", "--queue", "-n", "thr03", "-S", "rl.runs.dash.filter_threshold=0.3"], repo, env)
+    run_cmd([*DVC, "exp", "run", "--queue", "-n", "live", "-S", "++rl.runs.dash.steps=6"], repo, env)
     start_queue(repo, env)
+    # `dvc exp show` while `live` trains: the running experiment (its queued copy) with its latest step,
+    # read from the DVCLive metrics.json the rl stage rewrites as each step ends.
+    shown, live_step = catch_running_step(repo, env, marker="steps: 6", min_step=1)
+    (running,) = [exp for baseline in shown for exp in baseline.get("experiments") or []
+                  if (exp.get("executor") or {}).get("state") == "running"]
+    assert running["name"] == "live"
+    latest = running["revs"][0]["data"]["metrics"]["data/rl/dash/live/metrics.json"]["data"]
+    assert latest["step"] == live_step and 1 <= live_step < 5 and 0.0 <= latest["reward_mean"] <= 1.0
     status = wait_for_queue(repo, env)
     assert "Failed" not in status, status
-    for name in ("one-step", "thr03"):
+    for name in ("one-step", "thr03", "live"):
         assert stages_run(run_cmd([*DVC, "queue", "logs", name], repo, env)) == DASH_STAGES, name  # rl@grpo is not rerun
 
     shown = experiments(repo, env)
@@ -100,5 +155,6 @@ def test_experiments_run_queue_show_and_diff(baseline):
     assert metrics["data/rl/dash/summary.json"]["steps"] == {"old": 2, "new": 1, "diff": -1}
     plots = json.loads(run_cmd([*DVC, "plots", "diff", "HEAD", "one-step", "--json"], repo, env))
     assert not plots.get("errors")
-    points = plots["data"]["data/report/curves/rl/dash.csv"][0]["content"]["data"]["values"]
-    assert sorted(p["rev"] for p in points) == ["HEAD", "HEAD", "one-step"]  # 2 steps, then 1
+    points = plots["data"]["data/rl/dash/live/plots/metrics/reward_mean.tsv"][0]["content"]["data"]["values"]
+    assert sorted(p["rev"] for p in points) == ["HEAD", "HEAD", "one-step"]  # DVCLive's curve: 2 steps, then 1
+    assert experiments(repo, env)["live"]["metrics"]["data/rl/dash/live/metrics.json"]["data"]["step"] == 5

@@ -2,7 +2,8 @@
 
 Checks what DVC is for: a first `dvc repro` runs every stage; a second runs none; changing one
 RL run's key (rl.runs.dash.filter_threshold) reruns exactly that run, the evaluations of its
-model and the report. A seeds profile gives one stage per run and seed.
+model and the report; `dvc plots show` draws the runs' DVCLive curves. A seeds profile gives one
+stage per run and seed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def dvc_repo(tmp_path, tiny_model_dir):
     return make_dvc_repo(tmp_path, raw, tiny_model_dir)
 
 
-def test_changing_one_rl_run_reruns_only_that_run_its_evaluations_and_the_report(dvc_repo):
+def test_one_rl_run_reruns_alone_and_dvc_plots_show_every_runs_dvclive_curves(dvc_repo):
     repo, env = dvc_repo
     first = stages_run(run_cmd([*DVC, "repro"], repo, env))
     assert first == {
@@ -37,11 +38,19 @@ def test_changing_one_rl_run_reruns_only_that_run_its_evaluations_and_the_report
     for table in ("table1", "table3", "table5", "table6", "findings", "seeds"):
         assert (repo / f"data/report/{table}.md").is_file() and (repo / f"data/report/{table}.csv").is_file()
     assert stages_run(run_cmd([*DVC, "repro"], repo, env)) == set()
-    # The report's metrics and plots are DVC's: every run's curve, read without errors.
-    assert "data/report/metrics.json" in run_cmd([*DVC, "metrics", "show"], repo, env)
+    # The report's metrics and the training stages' DVCLive metrics and plots are DVC's: every run's
+    # per-step curves, read without errors and with no report stage in between.
+    metrics = run_cmd([*DVC, "metrics", "show"], repo, env)
+    assert {"data/report/metrics.json", "data/rl/dash/live/metrics.json", "data/sft/sft_h/live/metrics.json"} <= set(metrics.split())
     plots = json.loads(run_cmd([*DVC, "plots", "show", "--json"], repo, env))
     assert not plots.get("errors")
-    assert {f"data/report/curves/{c}" for c in ("rl/dash.csv", "rl/grpo.csv", "sft/sft_h.csv")} <= set(plots["data"])
+    series = {f"data/rl/{run}/live/plots/metrics/{name}.tsv" for run in ("dash", "grpo")
+              for name in ("reward_mean", "kept_fraction", "loss", "kl")} | {"data/sft/sft_h/live/plots/metrics/loss.tsv"}
+    assert series <= set(plots["data"])
+    points = plots["data"]["data/rl/grpo/live/plots/metrics/reward_mean.tsv"][0]["content"]["data"]["values"]
+    grpo_log = [json.loads(line) for line in (repo / "data/rl/grpo/metrics.jsonl").read_text().splitlines()]
+    assert [(int(p["step"]), float(p["reward_mean"])) for p in points] == [(m["step"], m["reward_mean"]) for m in grpo_log]
+    assert not (repo / "data/report/curves").exists()
 
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["rl"]["runs"]["dash"]["filter_threshold"] = 0.3

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from dashrl.report.findings import findings_table, report_metrics, seeds_table
-from dashrl.report.paper import RunResults, StatsSettings, config_of, curve_frames, paper_table, seed_groups
+from dashrl.report.paper import RunResults, StatsSettings, config_of, paper_table, seed_groups
 from dashrl.report.tables import results_table
 
 P = 400  # problems
@@ -140,13 +140,10 @@ def test_a_run_trained_on_the_other_task_is_not_compared():
     assert findings.loc["dash_matches_grpo", "verdict"] == "not run"
 
 
-def test_report_metrics_and_curves(seeded):
+def test_report_metrics(seeded):
     findings = findings_table(seeded)
     metrics = report_metrics(seeded, findings)
     assert metrics["accuracy"]["dash"]["arith"]["seeds"] == 3 and "dash-s1" not in metrics["accuracy"]
     assert metrics["time_vs_grpo"]["dash"]["seeds"] == 3
     assert metrics["findings"]["dash_matches_grpo.arith"]["verdict"] == "reproduces"
     assert metrics["findings"]["no_kl_faster"]["verdict"] == "not run"
-    curves = curve_frames(seeded)
-    assert {"rl/dash.csv", "rl/grpo-s2.csv", "sft/sft_h.csv"} <= set(curves)
-    assert list(curves["rl/dash.csv"]["wall_s"]) == [2.0, 4.0] and "note" not in curves["rl/dash.csv"]

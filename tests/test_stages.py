@@ -133,8 +133,10 @@ def test_sft_rl_evaluate_report_matrix_end_to_end(workspace):
     assert findings.loc["dash_matches_grpo", "lo"] <= findings.loc["dash_matches_grpo", "estimate"] <= findings.loc["dash_matches_grpo", "hi"]
     assert findings.loc["dash_faster_than_grpo", "verdict"] == "inconclusive"  # a time interval needs 3 seeds
     assert findings.loc["no_kl_faster", "verdict"] == "not run"
-    curve = pd.read_csv(report / "curves/rl/dash.csv")
-    assert curve["step"].tolist() == [0, 1] and "reward_mean" in curve and (report / "curves/sft/sft_h.csv").is_file()
+    # The curves DVC plots are the training stages' DVCLive files, not copies in the report.
+    curve = pd.read_csv(workspace / "data/rl/dash/live/plots/metrics/reward_mean.tsv", sep="\t")
+    assert curve["step"].tolist() == [0, 1] and not (report / "curves").exists()
+    assert (workspace / "data/sft/sft_h/live/plots/metrics/loss.tsv").is_file()
     table6 = pd.read_csv(report / "table6.csv").set_index("config")
     assert table6.loc["dash", "train_completion_tokens_last_steps"] == pytest.approx(dash["completion_tokens_last_steps"])
     assert "Table 5" in (report / "table5.md").read_text()

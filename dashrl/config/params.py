@@ -31,6 +31,9 @@ class ParamsError(ValueError):
 # names, and tests/test_params.py pins these tuples to the registries' keys.
 LOSS_AGG_NAMES = ("grpo", "bnpo", "dapo", "dr_grpo")
 SELECTOR_NAMES = ("none", "dapo", "pods", "greso")
+# Experiment trackers a training stage logs each step to (TRL's report_to names; dashrl.infra.tracking.TRACKERS,
+# pinned by tests/test_tracking.py); "none" alone: none of them.
+ReportTo = Literal["dvclive", "tensorboard", "wandb", "trackio", "mlflow", "none"]
 # The code sandbox runs each job under one of this many dedicated uids (dashrl.grading.sandbox):
 # at most this many jobs can be in flight.
 SANDBOX_UID_SLOTS = 60
@@ -276,6 +279,7 @@ class SFTRunParams:
     seed: int
     # How the step runs, not what it computes (optional keys; docs/scaling.md):
     gradient_checkpointing: bool = False  # recompute each decoder layer's activations in the backward pass
+    report_to: list[ReportTo] = field(default_factory=lambda: ["dvclive"])  # per-step metrics, live (docs/pipeline.md)
 
 
 @dataclass(frozen=True)
@@ -354,10 +358,11 @@ class RLRunParams:
     gradient_checkpointing: bool = False  # recompute each decoder layer's activations in the backward pass
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model (ddp) or shard params,
     # grads and AdamW state over the processes (fsdp: PyTorch FSDP2, fully_shard per decoder layer)
+    report_to: list[ReportTo] = field(default_factory=lambda: ["dvclive"])  # per-step metrics, live (docs/pipeline.md)
 
 
 # RL keys that change how a step runs but not the update it makes (left out of the run fingerprint).
-EXECUTION_KEYS = ("gradient_checkpointing", "parallel")
+EXECUTION_KEYS = ("gradient_checkpointing", "parallel", "report_to")
 
 
 @dataclass(frozen=True)
@@ -421,7 +426,8 @@ def from_mapping(cls: type, raw: Any, where: str, key: str = "") -> Any:
     unknown = sorted(set(raw) - set(names))
     if unknown:
         raise ParamsError(f"{label}{'.' if key else ': '}{unknown[0]}: unknown key (valid: {', '.join(names)}{hint})")
-    optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    optional = {f.name for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     missing = [n for n in names if n not in raw and n not in optional]
     if missing:
         raise ParamsError(f"{label}{'.' if key else ': '}{missing[0]}: missing key")
@@ -593,7 +599,13 @@ def _sft_run(sft: SFTParams, name: str) -> SFTRunParams:
     require(run.max_new_tokens >= 1, "max_new_tokens", run.max_new_tokens, "must be >= 1")
     require(run.sampling_batch_rows >= 1, "sampling_batch_rows", run.sampling_batch_rows, "must be >= 1")
     require(run.source == "self" or run.teacher is None, "teacher", run.teacher, "only source: self samples from a teacher")
+    _check_report_to(run.report_to, require)
     return run
+
+
+def _check_report_to(report_to: list[str], require: typing.Callable[[bool, str, Any, str], None]) -> None:
+    require("none" not in report_to or report_to == ["none"], "report_to", report_to, "'none' turns every tracker off: list it alone")
+    require(len(set(report_to)) == len(report_to), "report_to", report_to, "a tracker is listed twice")
 
 
 def _rl_run(rl: RLParams, name: str) -> RLRunParams:
@@ -691,6 +703,7 @@ def check_rl_run(run: RLRunParams, key: str) -> None:
     require(0 <= run.greso_explore <= 1, "greso_explore", run.greso_explore, "must be in [0, 1] (a probability)")
     require(run.checkpoint_every >= 0, "checkpoint_every", run.checkpoint_every, "must be >= 0")
     require(run.keep_checkpoints >= 1, "keep_checkpoints", run.keep_checkpoints, "must be >= 1")
+    _check_report_to(run.report_to, require)
 
 
 def section_dict(obj: Any) -> dict[str, Any]:

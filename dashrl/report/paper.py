@@ -1,4 +1,4 @@
-"""The paper's tables (docs/algorithm.md §4) from the runs' recorded metrics, and the per-step curves DVC plots.
+"""The paper's tables (docs/algorithm.md §4) from the runs' recorded metrics.
 
 ``RunResults`` holds everything the report reads, keyed by run (and benchmark); runs named
 ``<config>-s<k>`` are seed ``k`` of a configuration, and a table reads a configuration over all
@@ -241,21 +241,6 @@ def paper_table(results: RunResults, table: str) -> pd.DataFrame:
     frame["seeds"] = frame["seeds"].astype("Int64")  # a count, blank when not run
     return frame
 
-def curve_frames(results: RunResults) -> dict[str, pd.DataFrame]:
-    """Per-step training curves as CSV tables for DVC plots (``rl/<run>.csv``, ``sft/<run>.csv``): every
-    numeric per-step metric, plus the cumulative training wall time of RL runs (``wall_s``)."""
-    frames = {}
-    for kind, runs in (("rl", results.rl_steps), ("sft", results.sft_steps)):
-        for run, steps in runs.items():
-            if not steps:
-                continue
-            frame = pd.DataFrame(steps)
-            frame = frame[[c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])
-                           and not pd.api.types.is_bool_dtype(frame[c])]]
-            if "time_step_s" in frame:
-                frame["wall_s"] = frame["time_step_s"].cumsum()
-            frames[f"{kind}/{run}.csv"] = frame
-    return frames
 
 def gradient_update_s(summary: dict[str, Any]) -> float:
     return float(summary.get("total_forward_backward_s", 0.0) + summary.get("total_optimizer_s", 0.0))

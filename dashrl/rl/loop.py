@@ -58,6 +58,7 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -85,6 +86,9 @@ from dashrl.rl.run import RLRun, build_run, resolve_dtypes, resolve_tis_cap
 from dashrl.rl.run_log import record_step, start_work_dir
 from dashrl.rl.samples import Group, MicroBatch, Sample, StepOutput, TreeMicroBatch
 from dashrl.rl.step_metrics import PhaseTimer, gather_step, rollout_frame, step_metrics
+
+if TYPE_CHECKING:
+    from dashrl.infra.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -493,12 +497,14 @@ def train(
     work_dir: Path,
     world: World = SINGLE,
     progress_label: str | None = None,
+    tracker: Tracker | None = None,
 ) -> RLRun:
     """Run (or resume) an RL run. ``work_dir`` holds checkpoints, per-step rollouts and metrics.jsonl.
 
     A run killed at any point and restarted with the same params, initial model and data resumes
     from its newest checkpoint; anything logged after that checkpoint is discarded and redone.
-    With several processes (``world``) all of them train; rank 0 alone writes to ``work_dir``.
+    With several processes (``world``) all of them train; rank 0 alone writes to ``work_dir`` and
+    sends each step's metrics to ``tracker`` (``dashrl.infra.tracking``: DVCLive, TensorBoard, ...).
     """
     # a checkpoint resumes only in the dtypes (and the TIS cap) it was trained in
     cfg = resolve_tis_cap(resolve_dtypes(cfg, world.device), world)
@@ -522,6 +528,8 @@ def train(
             due = done == run.total_steps or (run.cfg.checkpoint_every and done % run.cfg.checkpoint_every == 0)
             if world.is_main:  # the others hold the same weights and metrics
                 record_step(run, work_dir, out)
+                if tracker is not None:
+                    tracker.log(out.metrics, step)
             if due and (world.is_main or run.sharded):  # sharded: every rank gathers, rank 0 writes
                 save_checkpoint(run, work_dir, done, fingerprint)
             m = out.metrics
