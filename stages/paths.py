@@ -31,6 +31,13 @@ def report_dir() -> Path:
     return DATA / "report"
 
 
+def run_record(stage: str) -> Path:
+    """The record of a stage whose only other output is a model directory (times, commit, versions,
+    machine): kept out of ``data/models/`` so that a rerun that reproduces the weights leaves the
+    stages that read the model up to date. No stage depends on it."""
+    return DATA / "runs" / f"{stage}.json"
+
+
 def rl_dir(run: str) -> Path:
     return DATA / "rl" / run
 

@@ -29,6 +29,7 @@ import pandas as pd
 from dashrl.config.params import Params, load_params
 from dashrl.data.loaders import register_user_datasets, task_of
 from dashrl.infra.files import atomic_dir, read_jsonl, write_json
+from dashrl.infra.usage import OUTSIDE_STEAL_SHARE, OUTSIDE_THREADS
 from dashrl.report.curves import plot_rl_curves
 from dashrl.report.figures import (
     plot_accuracy,
@@ -45,6 +46,7 @@ from dashrl.report.paper import (
     RunResults,
     StatsSettings,
     config_of,
+    outside_load,
     paper_table,
     task_benchmarks,
 )
@@ -129,13 +131,32 @@ def _interval_notes(params: Params) -> list[str]:
     ]
 
 
+def _load_notes(results: RunResults) -> list[str]:
+    """How the time claims guard against a shared machine, and which runs saw outside load."""
+    notes = [
+        "CPU time (cpu_time_vs_grpo, the findings' cpu_estimate): the ratio of the runs' process CPU seconds (user + "
+        "system, the training call), which another process on the machine changes far less than wall time. "
+        "outside_load: runs during which the 1-minute load average exceeded the run's own CPU use (CPU s / wall s) "
+        f"by more than {OUTSIDE_THREADS} threads, or the hypervisor stole more than {OUTSIDE_STEAL_SHARE:.0%} of CPU "
+        "time (data/rl/<run>/summary.json: usage)."]
+    loaded, unrecorded = outside_load(results, dict.fromkeys(config_of(r)[0] for r in results.rl_summary))
+    if loaded:
+        notes.append(f"WARNING: {', '.join(loaded)} ran beside outside load: wall-time ratios involving them measure the "
+                     "machine as well as the algorithm; read the CPU-time ratio, or rerun them on an idle machine.")
+    if unrecorded:
+        notes.append(f"{', '.join(unrecorded)}: no load record (run before it was recorded).")
+    return notes
+
+
 def _findings_notes(params: Params, findings: pd.DataFrame) -> list[str]:
     counts = findings["verdict"].value_counts()
     return [
         "Verdicts are decided by the 95% interval only (the estimate never decides): see `rule`. Accuracy claims "
         "read the difference a - b with a paired bootstrap over the same problems for both (and over seeds where "
         "a configuration has several: seeds resampled, then problems); time claims read the ratio a / b of "
-        "training wall time over seeds (an interval needs >= 3 seeds per configuration: `make run PROFILE=seeds`).",
+        "training wall time over seeds (an interval needs >= 3 seeds per configuration: `make run PROFILE=seeds`); "
+        "beside it, cpu_estimate (the CPU-time ratio) and outside_load (runs that shared the machine: the method "
+        "warns that their wall times are not the algorithm's alone).",
         f"Equivalence margin (report.equivalence_margin): {params.report.equivalence_margin:g} accuracy.",
         "Tally: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in (*VERDICTS, "not run")) + ".",
         "The paper's numbers are Qwen2.5 on MATH (docs/results.md); ours are what this profile ran.",
@@ -169,6 +190,7 @@ def main(params: Params) -> None:
         "{samples_per_problem} sample(s) per problem, seed {seed}, dtype {dtype} (resolved per stage: see Compute).".format(**vars(gen)),
         *_grader_notes(params, {task_of(b) for b in params.evaluate.benchmarks}),
         "Times are wall-clock seconds of the training loop on the machine that ran the stage (see Compute).",
+        *_load_notes(results),
         *_interval_notes(params),
         *compute_notes(compute),
     ]
@@ -185,7 +207,7 @@ def main(params: Params) -> None:
             (tmp / f"{name}.md").write_text(to_markdown(frame, title, notes))
             frame.to_csv(tmp / f"{name}.csv", index=False)
         (tmp / "findings.md").write_text(to_markdown(findings, "Findings: the paper's claims against these runs",
-                                                     _findings_notes(params, findings)))
+                                                     [*_findings_notes(params, findings), *_load_notes(results)]))
         findings.to_csv(tmp / "findings.csv", index=False)
         seeds_note = [] if len(seeds) else ["No configuration has several seeds: `make run PROFILE=seeds` repeats DASH and GRPO."]
         (tmp / "seeds.md").write_text(to_markdown(seeds, "Configurations over seeds", [*seeds_note, *_interval_notes(params)]))

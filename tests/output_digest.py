@@ -20,9 +20,10 @@ Per file, by suffix:
   .png          existence only
   other         sha256 of the bytes
 Time and version fields (dropped everywhere): keys or columns named ``time*``/``*_time``,
-``*_s`` (seconds), ``*_per_s``, ``*_utc``, ``packages``, ``git_commit``, ``compute`` and the others
-in VOLATILE_KEYS; the rows and metrics of the report's training-time claims (findings whose
-comparison is a training time); seconds quoted in a report's notes ("at 2 s of training"). The
+``*_s`` (seconds), ``*_per_s``, ``*_utc``, ``packages``, ``git_commit``, ``compute``, ``usage`` (CPU
+seconds and machine load) and the others in VOLATILE_KEYS; the rows and metrics of the report's
+training-time claims (findings whose comparison is a training time); seconds quoted in a report's
+notes ("at 2 s of training"); the report's warnings about runs that saw outside load. The
 temporary directory of a ``reduced`` run is written as ``<tmp>`` wherever it appears (the tiny
 model's path is a param). Everything else must match bit for bit.
 """
@@ -42,7 +43,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # Keys whose values are times, speeds, machine or version facts: they differ between two identical runs.
-VOLATILE_KEYS = {"versions", "packages", "git_commit", "compute", "python", "platform", "hostname", "argv"}
+VOLATILE_KEYS = {"versions", "packages", "git_commit", "compute", "python", "platform", "hostname", "argv",
+                 "usage", "outside_load"}  # usage: CPU seconds and machine load (dashrl.infra.usage)
 VOLATILE_PATTERN = re.compile(
     r"(^time|_time$|time_|_s$|_per_s$|_utc$|seconds|_sec$|^wall|_wall|elapsed|duration|timestamp|speed|tokens_per)",
     re.IGNORECASE,
@@ -50,6 +52,8 @@ VOLATILE_PATTERN = re.compile(
 
 
 SECONDS_IN_TEXT = re.compile(r"\b\d+(?:\.\d+)? s\b")
+# The report's warnings about runs that saw outside load (a time claim's method, the notes): machine facts.
+OUTSIDE_LOAD_TEXT = re.compile(r"(; )?WARNING: [^|\n]*?outside load[^|\n]*")
 TIME_COMPARISON = "training time"  # the findings' comparison of a time claim: "dash / grpo (training time)"
 # Set per digest: the temporary root to write as <tmp>, and the ids of the report's time claims.
 CONTEXT: dict[str, object] = {"root": None, "time_claims": set()}
@@ -64,6 +68,7 @@ def volatile(key: str) -> bool:
 
 def _text(value: str) -> str:
     root = CONTEXT["root"]
+    value = OUTSIDE_LOAD_TEXT.sub("", value)
     return value.replace(str(root), "<tmp>") if root else value
 
 

@@ -3,7 +3,8 @@
 Checks what DVC is for: a first `dvc repro` runs every stage; a second runs none; changing one
 RL run's key (rl.runs.dash.filter_threshold) reruns exactly that run, the evaluations of its
 model and the report; `dvc plots show` draws the runs' DVCLive curves. A seeds profile gives one
-stage per run and seed.
+stage per run and seed. A forced rerun that reproduces a model leaves the stages that read it up to
+date (run records live outside model dirs).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from dashrl.config.profiles import apply_profile
+from dashrl.infra.files import dir_sha256
 from tests.conftest import DVC, REPO, make_dvc_repo, run_cmd, stages_run, tiny_params_dict
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
@@ -68,3 +70,34 @@ def test_the_seeds_profile_gives_one_stage_per_run_and_seed(dvc_repo):
     assert seeded | {"passk@dash-s1-arith", "passk@dash-s2-arith"} <= stages
     assert "passk@grpo-s1-arith" not in stages  # grpo is not in evaluate.pass_k.models
     assert "rl@dash-s1" in run_cmd([*DVC, "status", "rl@dash-s1"], repo, env)  # DVC reads its params: a new stage, never run
+
+
+def test_a_forced_rerun_that_reproduces_a_model_leaves_the_stages_that_read_it_up_to_date(tmp_path, tiny_model_dir):
+    """`dvc repro -f -s model` and `-f -s rl@dash` (trained again from scratch) write new run records
+    (times, machine) but the same model directories, so the RL run, the evaluations and pass@k of
+    those models stay up to date: nothing reruns for nothing."""
+    raw = tiny_params_dict()
+    raw["evaluate"]["models"] = ["base", "dash"]
+    raw["evaluate"]["pass_k"]["models"] = ["dash"]
+    repo, env = make_dvc_repo(tmp_path, raw, tiny_model_dir)
+    env = {**env, "OMP_NUM_THREADS": "1"}  # one thread: the same float sums in the same order on every run
+    readers = ["rl@dash", "evaluate@base-arith", "evaluate@dash-arith", "passk@dash-arith"]
+    run_cmd([*DVC, "repro", *readers], repo, env)
+
+    def stale(stages: list[str]) -> dict:
+        return json.loads(run_cmd([*DVC, "status", "--json", *stages], repo, env))
+
+    assert stale(readers) == {}
+    model_record = (repo / "data/runs/model.json").read_text()
+    base = dir_sha256(repo / "data/models/base")
+    assert stages_run(run_cmd([*DVC, "repro", "-f", "-s", "model"], repo, env)) == {"model"}
+    assert (repo / "data/runs/model.json").read_text() != model_record  # a new run record (its time) ...
+    assert dir_sha256(repo / "data/models/base") == base  # ... beside the same model directory
+    assert stale(readers) == {}
+
+    dash, dash_record = dir_sha256(repo / "data/models/dash"), (repo / "data/rl/dash/run.json").read_text()
+    shutil.rmtree(repo / "data/work/rl/dash")  # no checkpoint to resume from: the run trains again
+    assert stages_run(run_cmd([*DVC, "repro", "-f", "-s", "rl@dash"], repo, env)) == {"rl@dash"}
+    assert (repo / "data/rl/dash/run.json").read_text() != dash_record
+    assert dir_sha256(repo / "data/models/dash") == dash and (repo / "data/models/dash/README.md").is_file()
+    assert stale(["evaluate@dash-arith", "passk@dash-arith"]) == {}

@@ -147,3 +147,38 @@ def test_report_metrics(seeded):
     assert metrics["time_vs_grpo"]["dash"]["seeds"] == 3
     assert metrics["findings"]["dash_matches_grpo.arith"]["verdict"] == "reproduces"
     assert metrics["findings"]["no_kl_faster"]["verdict"] == "not run"
+
+
+def loaded_summary(wall: float, cpu: float, outside: bool | None) -> dict:
+    """An RL summary with the training call's CPU seconds and its load record (None: not recorded)."""
+    usage = {} if outside is None else {"usage": {"outside_load": outside, "cpu_s": cpu, "wall_s": wall}}
+    return {**summary(wall), "stage_cpu_s": cpu, **usage}
+
+
+def test_a_time_claim_gives_the_cpu_ratio_and_flags_runs_that_saw_outside_load():
+    """The shared-machine case: DASH's run had another process on one of two cores (wall 1,294 s
+    against GRPO's 600 s, 2.2x "slower"), while its CPU seconds say 0.32x."""
+    rng = np.random.default_rng(3)
+    results = make_results({"dash": (rng.random(P) < 0.5).astype(float), "grpo": (rng.random(P) < 0.5).astype(float)},
+                           {"dash": 1294.0, "grpo": 600.0})
+    results.rl_summary = {"dash": loaded_summary(1294.0, 380.0, True), "grpo": loaded_summary(600.0, 1180.0, False)}
+    frame = findings_table(results)
+    findings = frame.set_index("id")
+    faster = findings.loc["dash_faster_than_grpo"]
+    assert faster["estimate"] == pytest.approx(1294 / 600, abs=1e-6)
+    assert faster["cpu_estimate"] == pytest.approx(380 / 1180, abs=1e-6)
+    assert faster["outside_load"] == "dash" and "WARNING: dash ran beside outside load" in faster["method"]
+    assert pd.isna(findings.loc["dash_matches_grpo", "cpu_estimate"])  # accuracy claims have no times
+    metrics = report_metrics(results, frame)["time_vs_grpo"]
+    assert metrics["dash"]["cpu_ratio"] == pytest.approx(380 / 1180, abs=1e-6) and metrics["dash"]["outside_load"] is True
+    assert metrics["grpo"]["cpu_ratio"] == 1.0 and metrics["grpo"]["outside_load"] is False
+    table3 = paper_table(results, "table3").set_index("config")
+    assert table3.loc["dash", "cpu_time_vs_grpo"] == pytest.approx(380 / 1180)
+    assert table3.loc["dash", "outside_load"] == "dash" and table3.loc["grpo", "outside_load"] == "none"
+
+    # An idle machine: no flag, no warning; summaries from before the record: "not recorded".
+    results.rl_summary = {"dash": loaded_summary(200.0, 380.0, False), "grpo": loaded_summary(600.0, 1180.0, False)}
+    faster = findings_table(results).set_index("id").loc["dash_faster_than_grpo"]
+    assert faster["outside_load"] == "none" and "WARNING" not in faster["method"]
+    results.rl_summary = {"dash": loaded_summary(200.0, 380.0, None), "grpo": loaded_summary(600.0, 1180.0, False)}
+    assert findings_table(results).set_index("id").loc["dash_faster_than_grpo", "outside_load"] == "not recorded"

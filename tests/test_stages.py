@@ -97,8 +97,10 @@ def test_sft_rl_evaluate_report_matrix_end_to_end(workspace):
     assert summary["examples"] == 8 and summary["optimizer_steps"] == 2  # 8 examples / batch 4, 1 epoch
     assert summary["loss_last"] < summary["loss_first"]
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG" and (workspace / "data/models/sft_h/model.safetensors").is_file()
-    record = json.loads((workspace / "data/models/sft_h/dashrl_run.json").read_text())
+    record = json.loads((workspace / "data/models/sft_h/dashrl_model.json").read_text())
     assert record["model"]["source"] == "sft@sft_h" and record["params"]["sft"]["source"] == "reference"
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["model"]["content_sha256"] == record["model"]["content_sha256"] and "git_commit" in run_json
 
     # A random tiny model rarely gets anything right: SFT-M fails before training, and says why.
     with pytest.raises(RuntimeError, match="sft@sft_m: the teacher got no problem right"):
@@ -132,6 +134,11 @@ def test_sft_rl_evaluate_report_matrix_end_to_end(workspace):
     assert findings.loc["dash_matches_grpo", "benchmark"] == "arith" and findings.loc["dash_matches_grpo", "seeds"] == "1 vs 1"
     assert findings.loc["dash_matches_grpo", "lo"] <= findings.loc["dash_matches_grpo", "estimate"] <= findings.loc["dash_matches_grpo", "hi"]
     assert findings.loc["dash_faster_than_grpo", "verdict"] == "inconclusive"  # a time interval needs 3 seeds
+    # Beside the wall-time ratio: the CPU-time ratio and the runs that saw outside load, from the summaries.
+    assert findings.loc["dash_faster_than_grpo", "cpu_estimate"] == pytest.approx(dash["stage_cpu_s"] / grpo["stage_cpu_s"], rel=1e-5)
+    loaded = [r for r, s in (("dash", dash), ("grpo", grpo)) if s["usage"]["outside_load"]]
+    assert findings.loc["dash_faster_than_grpo", "outside_load"] == (", ".join(loaded) or "none")
+    assert table3.loc["dash", "cpu_time_vs_grpo"] == pytest.approx(dash["stage_cpu_s"] / grpo["stage_cpu_s"])
     assert findings.loc["no_kl_faster", "verdict"] == "not run"
     # The curves DVC plots are the training stages' DVCLive files, not copies in the report.
     curve = pd.read_csv(workspace / "data/rl/dash/live/plots/metrics/reward_mean.tsv", sep="\t")
@@ -212,9 +219,14 @@ def test_prepare_with_bad_input_writes_nothing_and_keeps_old_output(workspace):
 def test_model_stage_from_a_local_directory(workspace, tiny_model_dir):
     params = edit_params(workspace / "params.yaml", lambda r: r["model"].update(source=str(tiny_model_dir)))
     model_stage.main(params)
-    run = json.loads((workspace / "data/models/base/dashrl_run.json").read_text())
-    assert run["model"]["source"] == str(tiny_model_dir) and len(run["model"]["content_sha256"]) == 64
-    assert run["params"]["model"]["dtype"] == "float32" and "torch" in run["packages"]
+    record = json.loads((workspace / "data/models/base/dashrl_model.json").read_text())
+    assert record["model"]["source"] == str(tiny_model_dir) and len(record["model"]["content_sha256"]) == 64
+    assert record["params"]["model"]["dtype"] == "float32" and record["base_model"] == str(tiny_model_dir)
+    # Versions, commit, machine and time: in the run record outside the model directory, which no stage reads.
+    assert not {"packages", "git_commit", "finished_utc", "platform", "compute"} & set(record)
+    run = json.loads((workspace / "data/runs/model.json").read_text())
+    assert run["model"]["content_sha256"] == record["model"]["content_sha256"] and "torch" in run["packages"]
+    assert {"git_commit", "finished_utc", "compute"} <= set(run)
     assert not [p for p in (workspace / "data/models").iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 

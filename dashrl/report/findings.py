@@ -2,7 +2,10 @@
 
 Each claim compares two configurations (accuracy a - b with a paired bootstrap over the same
 problems, or training time a / b over seeds); its verdict comes from the 95% interval only
-(``dashrl.report.stats.decide``).
+(``dashrl.report.stats.decide``). A time claim also gives the ratio of the runs' process CPU
+seconds (``cpu_estimate``) and names the runs that shared the machine with outside load
+(``outside_load``, dashrl.infra.usage's rule): their wall times measure the machine as much as the
+algorithm, and the method says so.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dashrl.report.paper import (
     config_accuracy,
     config_status,
     config_times,
+    outside_load,
     score_matrix,
     seed_groups,
     time_ratio,
@@ -97,8 +101,8 @@ CLAIMS = (
           "faster", "no_kl", "dash"),
 )
 
-FINDINGS_COLUMNS = ("id", "claim", "benchmark", "comparison", "verdict", "estimate", "lo", "hi", "min", "max", "seeds",
-                    "paper", "rule", "method")
+FINDINGS_COLUMNS = ("id", "claim", "benchmark", "comparison", "verdict", "estimate", "lo", "hi", "min", "max",
+                    "cpu_estimate", "outside_load", "seeds", "paper", "rule", "method")
 
 def _seed_count(results: RunResults, config: str, benchmark: str | None) -> int:
     if benchmark is None:
@@ -117,10 +121,17 @@ def _claim_rows(results: RunResults, claim: Claim) -> list[dict[str, Any]]:
         if ratio is None:
             return [{**base, "benchmark": None, "verdict": "inconclusive",
                      "method": f"no seed in both ({', '.join(results.members(claim.a))} vs {', '.join(results.members(claim.b))})"}]
+        cpu = time_ratio(results, claim.a, claim.b, key="stage_cpu_s")
+        loaded, unrecorded = outside_load(results, (claim.a, claim.b))
+        method = f"geometric mean of per-seed ratios; {ratio.method}"
+        if loaded:
+            method += (f"; WARNING: {', '.join(loaded)} ran beside outside load (load average above the run's own CPU "
+                       "use, or steal): their wall times measure the machine too; cpu_estimate is the CPU-time ratio")
         return [{**base, "benchmark": None, "seeds": f"{ratio.seeds} paired", "estimate": rounded(ratio.estimate),
                  "lo": rounded(ratio.lo), "hi": rounded(ratio.hi), "min": rounded(ratio.min), "max": rounded(ratio.max),
-                 "verdict": decide(claim.kind, ratio.lo, ratio.hi, st.equivalence_margin),
-                 "method": f"geometric mean of per-seed ratios; {ratio.method}"}]
+                 "cpu_estimate": rounded(cpu.estimate) if cpu else None,
+                 "outside_load": ", ".join(loaded) or ("not recorded" if unrecorded else "none"),
+                 "verdict": decide(claim.kind, ratio.lo, ratio.hi, st.equivalence_margin), "method": method}]
     base["comparison"] = f"{claim.a} - {claim.b} (accuracy)"
     rows = []
     for b in results.benchmarks:
@@ -160,7 +171,8 @@ def findings_table(results: RunResults) -> pd.DataFrame:
 def report_metrics(results: RunResults, findings: pd.DataFrame) -> dict[str, Any]:
     """``data/report/metrics.json`` (DVC metrics: ``dvc exp show``, ``dvc metrics diff``): each
     configuration's accuracy per benchmark with its interval and seeds, training time relative to
-    GRPO, and each finding's estimate, interval and verdict."""
+    GRPO (wall, and CPU: ``cpu_ratio``; ``outside_load``: a run of either saw outside load), and each
+    finding's estimate, interval and verdict."""
     accuracy: dict[str, dict[str, Any]] = {}
     for config in seed_groups(dict.fromkeys(m for m, _ in results.evals)):
         for b in results.benchmarks:
@@ -172,8 +184,11 @@ def report_metrics(results: RunResults, findings: pd.DataFrame) -> dict[str, Any
     for config in seed_groups(results.rl_summary):
         ratio = time_ratio(results, config, "grpo")
         if ratio:
+            cpu = time_ratio(results, config, "grpo", key="stage_cpu_s")
             times[config] = {"ratio": json_value(ratio.estimate), "min": json_value(ratio.min), "max": json_value(ratio.max),
-                             "lo": json_value(ratio.lo), "hi": json_value(ratio.hi), "seeds": ratio.seeds}
+                             "lo": json_value(ratio.lo), "hi": json_value(ratio.hi), "seeds": ratio.seeds,
+                             "cpu_ratio": json_value(cpu.estimate) if cpu else None,
+                             "outside_load": bool(outside_load(results, (config, "grpo"))[0])}
     claims = {}
     for row in findings.itertuples(index=False):
         name = row.id if not isinstance(row.benchmark, str) else f"{row.id}.{row.benchmark}"

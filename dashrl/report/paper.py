@@ -139,14 +139,31 @@ def config_summary(results: RunResults, config: str) -> dict[str, Any]:
         return {}
     return {k: _mean_values([s.get(k) for s in summaries]) for k in summaries[0]}
 
-def config_times(results: RunResults, config: str) -> dict[str, float]:
-    """Seed label -> training wall time of each of the configuration's RL runs."""
-    return {config_of(m)[1]: float(results.rl_summary[m]["train_wall_s"]) for m in results.members(config)
-            if m in results.rl_summary and results.rl_summary[m].get("train_wall_s")}
+def config_times(results: RunResults, config: str, key: str = "train_wall_s") -> dict[str, float]:
+    """Seed label -> training time of each of the configuration's RL runs: wall seconds of the steps
+    (``train_wall_s``), or ``stage_cpu_s``, the process CPU seconds of the training call."""
+    return {config_of(m)[1]: float(results.rl_summary[m][key]) for m in results.members(config)
+            if m in results.rl_summary and results.rl_summary[m].get(key)}
 
-def time_ratio(results: RunResults, config: str, reference: str) -> Ratio | None:
-    """``config``'s training time over ``reference``'s, runs paired by seed (stats.ratio_over_seeds)."""
-    return ratio_over_seeds(config_times(results, config), config_times(results, reference))
+def time_ratio(results: RunResults, config: str, reference: str, key: str = "train_wall_s") -> Ratio | None:
+    """``config``'s training time over ``reference``'s, runs paired by seed (stats.ratio_over_seeds);
+    ``key``: ``train_wall_s`` (wall time) or ``stage_cpu_s`` (CPU time)."""
+    return ratio_over_seeds(config_times(results, config, key), config_times(results, reference, key))
+
+def outside_load(results: RunResults, configs: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(runs that saw outside load, runs with no load record) among the configurations' RL runs: a
+    run's summary ``usage.outside_load`` (dashrl.infra.usage: load beyond the run's own CPU use, or steal)."""
+    loaded, unknown = [], []
+    for config in configs:
+        for m in results.members(config):
+            if m not in results.rl_summary:
+                continue
+            usage = results.rl_summary[m].get("usage")
+            if not isinstance(usage, dict) or "outside_load" not in usage:
+                unknown.append(m)
+            elif usage["outside_load"]:
+                loaded.append(m)
+    return loaded, unknown
 
 def _n_seeds(results: RunResults, config: str) -> int | None:
     trained = [m for m in results.members(config) if m in results.rl_summary or m in results.sft_summary]
@@ -191,9 +208,12 @@ def config_status(results: RunResults, name: str, task: str, benchmarks: list[st
 
 def _time_columns(results: RunResults, name: str) -> dict[str, Any]:
     ratio = time_ratio(results, name, "grpo") if name else None
+    cpu = time_ratio(results, name, "grpo", key="stage_cpu_s") if name else None
+    loaded = outside_load(results, [name, "grpo"])[0] if ratio else []
     return {"time_vs_grpo": ratio.estimate if ratio else None, "time_vs_grpo_min": ratio.min if ratio else None,
             "time_vs_grpo_max": ratio.max if ratio else None, "time_vs_grpo_lo": rounded(ratio.lo) if ratio else None,
-            "time_vs_grpo_hi": rounded(ratio.hi) if ratio else None}
+            "time_vs_grpo_hi": rounded(ratio.hi) if ratio else None, "cpu_time_vs_grpo": cpu.estimate if cpu else None,
+            "outside_load": (", ".join(loaded) or "none") if ratio else None}
 
 def paper_table(results: RunResults, table: str) -> pd.DataFrame:
     """One of the paper's tables as a DataFrame (columns depend on the table). A configuration with
