@@ -106,3 +106,19 @@ def test_sft_and_rl_model_directories_carry_a_card_and_still_load(workspace, tin
     sft = read_model_card((workspace / "data/models/sft_h/README.md").read_text())[0]
     assert sft["dashrl"]["training_metrics"]["loss_last"] == json.loads(
         (workspace / "data/sft/sft_h/summary.json").read_text())["loss_last"]
+
+
+def test_model_params_leave_out_the_execution_keys():
+    """Trackers, checkpointing and ddp/fsdp change how a run executes, not what it trains: a model
+    directory records its params without them, so switching them leaves the directory's bytes (and
+    the evaluations that read it) as they are."""
+    from dashrl.config.params import EXECUTION_KEYS, section_dict
+    from stages.common import model_params
+
+    params = load_params("params.yaml")
+    used = {"rl": section_dict(params.rl.run("dash")), "sft": section_dict(params.sft.run("sft_h"))}
+    assert {"report_to", "gradient_checkpointing", "parallel"} <= set(EXECUTION_KEYS)
+    assert "report_to" in used["rl"] and "report_to" in used["sft"]
+    recorded = model_params(used)
+    assert not set(EXECUTION_KEYS) & (set(recorded["rl"]) | set(recorded["sft"]))
+    assert {k: v for k, v in used["rl"].items() if k not in EXECUTION_KEYS} == recorded["rl"]

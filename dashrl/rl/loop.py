@@ -365,7 +365,7 @@ def recompute_old_logprobs(run: RLRun, samples: list[Sample] | None, stats: dict
         logp = policy_logprobs(run, batch)  # (B, Tc)
     for i, s in enumerate(samples):
         s.old_logprobs = logp[i, : s.completion.n_tokens].clone()
-    record_logprob_gap(samples, batch, logp, stats, run.cfg.tis_cap)
+    record_logprob_gap(samples, batch, logp, stats, run.tis_cap)
 
 
 def backward(run: RLRun, samples: list[Sample] | None, stats: dict[str, float], kl_scale: float = 1.0) -> None:
@@ -380,18 +380,18 @@ def backward(run: RLRun, samples: list[Sample] | None, stats: dict[str, float], 
     mask = batch.completion_mask > 0  # (B, Tc)
     if run.on_policy:
         old_logp = logp.detach()  # (B, Tc)
-        record_logprob_gap(samples, batch, logp, stats, cfg.tis_cap)
+        record_logprob_gap(samples, batch, logp, stats, run.tis_cap)
     elif batch.old_logprobs is None:
         raise RuntimeError("an off-policy update needs the old log-probs: recompute_old_logprobs before the first update")
     else:
         old_logp = batch.old_logprobs  # (B, Tc)
     token_loss, clipped = policy_token_loss(logp, old_logp, batch.advantages, cfg.clip_low, cfg.clip_high,
                                             cfg.dual_clip)  # (B, Tc)
-    if cfg.tis_cap:
+    if (tis_cap := run.tis_cap) is not None:
         # Truncated IS: the engine sampled, the trainer's policy at those weights (old_logp) is the one
         # the surrogate assumes; each token's policy term is reweighted by min(pi_old / pi_engine, cap).
         check_behaviour_logprobs(samples, why="tis_cap (truncated importance sampling)")
-        token_loss = truncated_is_weights(old_logp, batch.behaviour_logprobs, cfg.tis_cap) * token_loss  # (B, Tc)
+        token_loss = truncated_is_weights(old_logp, batch.behaviour_logprobs, tis_cap) * token_loss  # (B, Tc)
     stats["entropy_sum"] += float(torch.where(mask, entropy, 0.0).sum())
     if cfg.kl_coef > 0:
         with torch.no_grad(), run.autocast():

@@ -111,6 +111,12 @@ class RLRun:
         return get_selector(self.cfg.selector)
 
     @property
+    def tis_cap(self) -> float | None:
+        """The truncated-IS cap this run applies (None: off): ``tis_cap: auto`` resolved here too, so
+        a run built by hand (a benchmark, a test) with an unresolved config gets what ``train`` gives."""
+        return resolve_tis_cap(resolve_dtypes(self.cfg, self.policy.device), self.world).tis_cap
+
+    @property
     def on_policy(self) -> bool:
         return self.cfg.ppo_epochs == 1 and self.cfg.optimizer_steps_per_rollout == 1
 
