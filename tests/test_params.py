@@ -144,3 +144,29 @@ def test_an_unregistered_variant_name_fails_with_the_valid_names():
     raw["rl"]["runs"]["dash"]["loss_agg"] = "token_mean"
     with pytest.raises(ParamsError, match=r"rl.runs.dash.loss_agg: 'token_mean': unknown \(valid: bnpo, dapo, dr_grpo, grpo\)"):
         from_mapping(Params, raw, where="params.yaml")
+
+
+def test_an_exponent_float_without_a_dot_reads_as_dvc_writes_it(tmp_path):
+    """`dvc exp run -S '++rl.runs.dash.lr=6e-5'` writes `lr: 6e-05` (ruamel.yaml, YAML 1.2: a float);
+    PyYAML's YAML 1.1 reads that as the string '6e-05'. params.yaml is read as DVC reads it."""
+    import yaml
+
+    from dashrl.config.params import read_yaml
+
+    text = (REPO / "params.yaml").read_text().replace("    dash:                        # preemptive",
+                                                      "    dash:\n      lr: 6e-05\n      # preemptive", 1)
+    assert "lr: 6e-05" in text and yaml.safe_load(text)["rl"]["runs"]["dash"]["lr"] == "6e-05"  # YAML 1.1
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").rl.run("dash").lr == 6e-05
+    assert read_yaml("a: 1e5\nb: -2E+3\nc: '6e-05'\nd: 1.0e-5\ne: 7") == {"a": 1e5, "b": -2000.0, "c": "6e-05", "d": 1e-5, "e": 7}
+
+
+def test_params_yaml_and_every_profile_read_the_same_under_both_yaml_rules():
+    """Every committed params file has floats with a dot: reading it as YAML 1.2 changes nothing."""
+    import yaml
+
+    from dashrl.config.params import read_yaml
+
+    for path in [REPO / "params.yaml", *sorted((REPO / "profiles").glob("*.yaml"))]:
+        text = path.read_text()
+        assert read_yaml(text) == yaml.safe_load(text), path

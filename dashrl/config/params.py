@@ -397,13 +397,30 @@ class Params:
 # Loading
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats: ``6e-05`` and ``1e5`` (an exponent, no dot) are
+    floats, as DVC (ruamel.yaml, YAML 1.2) reads them, not strings (YAML 1.1). ``dvc exp run -S
+    '++rl.runs.dash.lr=6e-5'`` writes ``lr: 6e-05`` into params.yaml: DVC and dashrl must read the
+    same value."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str | typing.IO[str]) -> Any:
+    """YAML text (or a stream) as params.yaml's values, read as DVC reads them (``ParamsLoader``)."""
+    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and fully validate ``params.yaml``."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: file not found (run from the repository root)")
     with path.open() as f:
-        raw = yaml.safe_load(f)
+        raw = read_yaml(f)
     return from_mapping(Params, raw, where=str(path))
 
 

@@ -33,11 +33,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from dashrl.config.params import Params, ParamsError, from_mapping
+from dashrl.config.params import Params, ParamsError, from_mapping, read_yaml
 from dashrl.infra.files import atomic_file
 
 
@@ -61,7 +60,7 @@ def set_dotted(tree: dict, dotted: str, raw_value: str) -> None:
         if not isinstance(node.get(key), Mapping):
             raise ParamsError(f"--set {dotted}: {key!r} is not a section of params.yaml")
         node = node[key]
-    node[leaf] = yaml.safe_load(raw_value)
+    node[leaf] = read_yaml(raw_value)
 
 
 SEEDED = re.compile(r"^(?P<run>.+)-s(?P<seed>\d+)$")  # <run>-s<seed>: a run repeated with another seed
@@ -195,7 +194,7 @@ def apply_profile(params_file: Path, profile_files: list[Path], sets: list[str] 
     rt.dump(tree, out)
     text = out.getvalue()
     # Validate the whole result (unknown keys, types, cross-section checks) before writing anything.
-    from_mapping(Params, yaml.safe_load(text), where=f"{params_file} + {', '.join(str(p) for p in profile_files) or '--set'}")
+    from_mapping(Params, read_yaml(text), where=f"{params_file} + {', '.join(str(p) for p in profile_files) or '--set'}")
     if write:
         with atomic_file(params_file) as tmp:
             tmp.write_text(text)
