@@ -14,7 +14,16 @@ import pandas as pd
 import pytest
 import test_rl
 import torch
-from test_rl import G, all_close, build_run, make_cfg, max_abs, sample_step, step_gradient
+from test_rl import (
+    G,
+    all_close,
+    build_run,
+    make_cfg,
+    max_abs,
+    perturbed_reference,
+    sample_step,
+    step_gradient,
+)
 
 from dashrl.algo.losses import (
     LOG_RATIO_MAX,
@@ -28,7 +37,6 @@ from dashrl.data.arith import generate_arith
 from dashrl.engines.base import Completion
 from dashrl.grading.math_grader import Grade
 from dashrl.infra.distributed import SINGLE
-from dashrl.models import load_model
 from dashrl.rl.loop import backward, kl_scale, micro_batches, optimizer_step, pack, rl_step, step_counts
 from dashrl.rl.run import TIS_AUTO_CAP, PromptSchedule, resolve_tis_cap
 from dashrl.rl.samples import Group
@@ -287,10 +295,7 @@ def test_kl_norm_kept_restores_beta_per_kept_token(tiny_model_dir, tokenizer, pr
     under kl_norm original (the paper's code) and beta under kept."""
     cfg = make_cfg(kl_coef=0.1, kl_reference="init", filter_threshold=0.1, grad_clip=0.0)
     run = build_run(cfg, tiny_model_dir, tokenizer, problems, record_grads=True)
-    run.reference = load_model(tiny_model_dir).requires_grad_(False)
-    with torch.no_grad():
-        for p in run.reference.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    run.reference = perturbed_reference(tiny_model_dir, 0.05)
     samples = sample_step(run)
     assert sum(s.kept for s in samples) == len(samples) // 2
     assert kl_scale(run, samples) == 1.0  # original

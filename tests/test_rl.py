@@ -314,10 +314,7 @@ def test_filtering_changes_the_gradient_when_there_is_a_kl_term(tiny_model_dir, 
     """With beta > 0 a zero-advantage sample still pulls towards the reference: dropping it is lossy."""
     cfg = make_cfg(grad_clip=0.0, kl_coef=0.1, kl_reference="init")
     run = build_run(cfg, tiny_model_dir, tokenizer, problems, record_grads=True)
-    run.reference = load_model(tiny_model_dir).requires_grad_(False)
-    with torch.no_grad():
-        for p in run.reference.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    run.reference = perturbed_reference(tiny_model_dir, 0.05)
     everything = sample_step(run)
     filtered = [dataclasses.replace(s, kept=s.advantage != 0) for s in everything]
     _, grads_all = step_gradient(run, everything, micro_batch_size=1)

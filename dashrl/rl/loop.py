@@ -346,7 +346,7 @@ def record_logprob_gap(samples: list[Sample], batch: MicroBatch | TreeMicroBatch
     stats["logprob_gap_sum"] += float(gap.sum())
     stats["logprob_gap_tokens"] += float(counted.sum())
     rho = truncated_is_weights(trainer_logp.detach(), batch.behaviour_logprobs, None)  # (B, Tc) untruncated
-    weight = truncated_is_weights(trainer_logp.detach(), batch.behaviour_logprobs, tis_cap) if tis_cap else torch.ones_like(rho)
+    weight = rho.clamp(max=tis_cap) if tis_cap else torch.ones_like(rho)  # (B, Tc): the weights the update uses
     stats["tis_gap_uncorrected_sum"] += float(torch.where(counted, (rho - 1).abs(), 0.0).sum())
     stats["tis_gap_corrected_sum"] += float(torch.where(counted, (rho - weight).abs(), 0.0).sum())
     stats["tis_weight_sum"] += float(torch.where(counted, weight, 0.0).sum())
