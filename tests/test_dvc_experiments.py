@@ -63,6 +63,9 @@ def stage_process(workspace: Path, module: str) -> int | None:
     return None
 
 
+LIVE_STEPS = 40  # the `live` experiment's RL steps
+
+
 def catch_running_step(repo: Path, env, marker: str, min_step: int, timeout_s: float = 900) -> tuple[dict, int]:
     """While the queue runs: the queued copy whose params.yaml contains ``marker``, paused (SIGSTOP) in
     its rl stage once DVCLive has written step ``min_step``; returns `dvc exp show --json` taken then,
@@ -74,19 +77,17 @@ def catch_running_step(repo: Path, env, marker: str, min_step: int, timeout_s: f
             params_file = workspace / "params.yaml"
             if not params_file.exists() or marker not in params_file.read_text(errors="replace"):
                 continue
-            try:
-                step = json.loads(live.read_text())["step"] if live.exists() else -1
-            except (ValueError, KeyError):
-                continue  # written as we read it
-            if step < min_step:
-                continue
             pid = stage_process(workspace.resolve(), "stages.rl")
             if pid is None:
                 continue
-            os.kill(pid, signal.SIGSTOP)
+            os.kill(pid, signal.SIGSTOP)  # the step is read while the stage is stopped: it cannot move on
             try:
-                step = json.loads(live.read_text())["step"]  # the file can not change while it is stopped
-                return json.loads(run_cmd([*DVC, "exp", "show", "--json"], repo, env)), step
+                try:
+                    step = json.loads(live.read_text())["step"] if live.exists() else -1
+                except (ValueError, KeyError):
+                    continue  # stopped while writing it
+                if step >= min_step:
+                    return json.loads(run_cmd([*DVC, "exp", "show", "--json"], repo, env)), step
             finally:
                 os.kill(pid, signal.SIGCONT)
         time.sleep(0.2)
@@ -123,16 +124,18 @@ def test_experiments_run_queue_show_live_dvclive_steps_and_diff(baseline):
     # Two queued experiments, run in temporary copies; `++` sets a key the run inherits from rl.common.
     run_cmd([*DVC, "exp", "run", "--queue", "-n", "one-step", "-S", "++rl.runs.dash.steps=1"], repo, env)
     run_cmd([*DVC, "exp", "run", "--queue", "-n", "thr03", "-S", "rl.runs.dash.filter_threshold=0.3"], repo, env)
-    run_cmd([*DVC, "exp", "run", "--queue", "-n", "live", "-S", "++rl.runs.dash.steps=6"], repo, env)
+    # `live` runs many tiny steps (tens of ms each here), so the poll below catches one mid-run.
+    run_cmd([*DVC, "exp", "run", "--queue", "-n", "live", "-S", f"++rl.runs.dash.steps={LIVE_STEPS}"], repo, env)
     start_queue(repo, env)
     # `dvc exp show` while `live` trains: the running experiment (its queued copy) with its latest step,
     # read from the DVCLive metrics.json the rl stage rewrites as each step ends.
-    shown, live_step = catch_running_step(repo, env, marker="steps: 6", min_step=1)
+    # min_step 2: past the baseline's last step (1), whose DVCLive file the queued copy starts with.
+    shown, live_step = catch_running_step(repo, env, marker=f"steps: {LIVE_STEPS}", min_step=2)
     (running,) = [exp for baseline in shown for exp in baseline.get("experiments") or []
                   if (exp.get("executor") or {}).get("state") == "running"]
     assert running["name"] == "live"
     latest = running["revs"][0]["data"]["metrics"]["data/rl/dash/live/metrics.json"]["data"]
-    assert latest["step"] == live_step and 1 <= live_step < 5 and 0.0 <= latest["reward_mean"] <= 1.0
+    assert latest["step"] == live_step and 2 <= live_step < LIVE_STEPS - 1 and 0.0 <= latest["reward_mean"] <= 1.0
     status = wait_for_queue(repo, env)
     assert "Failed" not in status, status
     for name in ("one-step", "thr03", "live"):
@@ -157,4 +160,4 @@ def test_experiments_run_queue_show_live_dvclive_steps_and_diff(baseline):
     assert not plots.get("errors")
     points = plots["data"]["data/rl/dash/live/plots/metrics/reward_mean.tsv"][0]["content"]["data"]["values"]
     assert sorted(p["rev"] for p in points) == ["HEAD", "HEAD", "one-step"]  # DVCLive's curve: 2 steps, then 1
-    assert experiments(repo, env)["live"]["metrics"]["data/rl/dash/live/metrics.json"]["data"]["step"] == 5
+    assert experiments(repo, env)["live"]["metrics"]["data/rl/dash/live/metrics.json"]["data"]["step"] == LIVE_STEPS - 1
